@@ -1,0 +1,74 @@
+"""Command line: a thin layer that parses flags, calls the library and maps its
+errors to messages and exit codes. Every command lives in a module of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from batcher import __version__, output
+from batcher.errors import EXIT_INPUT, EXIT_INTERRUPTED, BatcherError
+
+log = logging.getLogger(__name__)
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class BatcherGroup(click.Group):
+    """Maps library errors to a message on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatcherError as exc:
+            if ctx.meta.get("batcher.debug"):
+                log.exception("failed")
+            output.error(str(exc))
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            output.error("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=BatcherGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="batcher")
+@click.option("--debug", is_flag=True, help="Log everything and show tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and results.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Run bulk image generations against Magic Hour's AI Image Generator API.
+
+    Every item is written to a ledger before it is sent, so an interrupted or
+    failed batch resumes where it stopped and nothing is paid for twice.
+
+    \b
+    Environment:
+      MAGIC_HOUR_API_KEY    the API key (never a flag, never logged)
+      MAGIC_HOUR_BASE_URL   API base URL (default https://api.magichour.ai)
+      BATCHER_DATABASE_URL  ledger URL (default sqlite:///batcher.db)
+      BATCHER_CATALOG       model catalog file (default: the packaged one)
+
+    \b
+    Exit codes: 0 all complete, 1 some items failed or in doubt or the run
+    was stopped, 2 bad input or configuration, 130 interrupted.
+    """
+    ctx.meta["batcher.debug"] = debug
+    ctx.meta["batcher.quiet"] = quiet
+    output.configure_logging(debug=debug, quiet=quiet)
+
+
+def _register() -> None:
+    from batcher.cli import jobs, sandbox
+
+    for module in (jobs, sandbox):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()
+
+__all__ = ["EXIT_INPUT", "main"]

@@ -1,0 +1,128 @@
+"""Every error batcher raises on purpose derives from one root.
+
+    BatcherError                      exit 1 unless a subclass says otherwise
+    ├── InputError                    exit 2: bad input or configuration, nothing sent
+    │   ├── JobFileError              one or more problems in job files (FILE:LINE: field: msg)
+    │   ├── CatalogError              the model catalog file is unusable
+    │   ├── ConfigError               a setting is missing or wrong (no API key, bad URL...)
+    │   └── PreflightError            the account cannot pay for or is not allowed the run
+    ├── ApiError                      the API answered with a non-2xx status
+    │   └── AuthError                 401: the key was rejected (exit 2)
+    ├── TransportError                no usable answer came back
+    │   ├── ConnectError              the request surely never reached the server
+    │   └── ResponseLostError         the request may have been processed; answer lost
+    ├── LedgerError                   the ledger database is unusable
+    ├── RunIncomplete                 a run ended with items failed, in doubt or unsent
+    └── Interrupted                   the user stopped the run (exit 130)
+
+httpx, SQLAlchemy and YAML exceptions are translated into these at the module
+that talks to them and never escape the library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class BatcherError(Exception):
+    """Root of every error batcher raises on purpose."""
+
+    exit_code: int = EXIT_FAILURE
+
+
+class InputError(BatcherError):
+    """Bad input or configuration, caught before anything was sent."""
+
+    exit_code = EXIT_INPUT
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input file, located as precisely as we can."""
+
+    path: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        location = self.path if self.line is None else f"{self.path}:{self.line}"
+        if self.field:
+            return f"{location}: {self.field}: {self.message}"
+        return f"{location}: {self.message}"
+
+
+class JobFileError(InputError):
+    """One or more problems found in job files; all of them, not only the first."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class CatalogError(InputError):
+    """The model catalog file cannot be used."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class ConfigError(InputError):
+    """A setting is missing or invalid."""
+
+
+class PreflightError(InputError):
+    """The account cannot pay for, or is not allowed, what the job asks."""
+
+    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
+        self.details = tuple(details)
+        super().__init__("\n".join([message, *self.details]))
+
+
+class ApiError(BatcherError):
+    """The API answered with a non-2xx status."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class AuthError(ApiError):
+    """401: the API rejected the key. A configuration error, so exit 2."""
+
+    exit_code = EXIT_INPUT
+
+
+class TransportError(BatcherError):
+    """No usable HTTP answer came back."""
+
+
+class ConnectError(TransportError):
+    """The request surely never reached the server (connection refused, DNS, TLS setup)."""
+
+
+class ResponseLostError(TransportError):
+    """The request went out but no complete answer came back: it may have been processed."""
+
+
+class LedgerError(BatcherError):
+    """The ledger database cannot be opened, migrated or written."""
+
+
+class RunIncomplete(BatcherError):
+    """A run finished but not every item is complete."""
+
+
+class Interrupted(BatcherError):
+    """The user interrupted the run; the ledger is consistent and `resume` continues."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,49 @@
+"""The one module that owns the terminal.
+
+Results go to stdout, diagnostics (warnings, errors, progress) to stderr, so
+`batcher status --json > file` stays clean. The library logs through module
+loggers; only the CLI calls `configure_logging`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def warning(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def note(message: str) -> None:
+    stderr.print(message, markup=False, highlight=False)
+
+
+def result(text: str) -> None:
+    """A line of the command's result on stdout, printed as is."""
+    stdout.print(text, markup=False, highlight=False)
+
+
+def configure_logging(*, debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler: logging.Handler
+    if stderr.is_terminal:
+        handler = RichHandler(console=stderr, show_path=debug, rich_tracebacks=debug)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("batcher")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

@@ -1,0 +1,103 @@
+"""Plain values shared by job parsing, planning, the ledger and the API client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSettings:
+    """The effective generation settings of one prompt, after defaults apply.
+
+    `resolution` is None when the job does not set one: nothing is sent and the
+    server picks, as it does for the deprecated `auto`.
+    """
+
+    model: str
+    resolution: str | None
+    aspect_ratio: str
+    tool: str
+    image_count: int
+    name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "resolution": self.resolution,
+            "aspect_ratio": self.aspect_ratio,
+            "tool": self.tool,
+            "image_count": self.image_count,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemSettings:
+        return cls(
+            model=str(data["model"]),
+            resolution=data.get("resolution"),
+            aspect_ratio=str(data["aspect_ratio"]),
+            tool=str(data["tool"]),
+            image_count=int(data["image_count"]),
+            name=data.get("name"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobItem:
+    """One prompt of a job, ready to become a ledger item."""
+
+    ordinal: int  # position in the job, from 0
+    key: str
+    prompt: str
+    settings: ItemSettings
+    path: str  # the file the prompt came from (job file or prompts file)
+    line: int
+
+
+KEY_LENGTH = 20  # hex digits: 80 bits, no collision in any batch a person runs
+
+
+def identity_digest(prompt: str, settings: ItemSettings) -> bytes:
+    """What makes two entries "identical" for the occurrence count of item keys."""
+    canonical = json.dumps([prompt, settings.as_dict()], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+def item_key(batch_name: str, identity: bytes, occurrence: int) -> str:
+    """Stable key of an item: batch, prompt and settings (via `identity`), occurrence index.
+
+    Re-reading a file yields the same keys and appending prompts leaves the
+    others untouched, because nothing here depends on an entry's position
+    except among entries identical to it.
+    """
+    digest = hashlib.sha256()
+    digest.update(batch_name.encode("utf-8"))
+    digest.update(b"\x00")
+    digest.update(identity)
+    digest.update(b"\x00")
+    digest.update(str(occurrence).encode("ascii"))
+    return digest.hexdigest()[:KEY_LENGTH]
+
+
+def project_name(batch_name: str, key: str, settings: ItemSettings) -> str:
+    """The `name` sent with a create: the user's, else one that finds the item in the web library."""
+    if settings.name:
+        return settings.name
+    return f"{batch_name} {key}"
+
+
+def create_body(prompt: str, settings: ItemSettings, name: str) -> dict[str, Any]:
+    """The JSON body of `POST /v1/ai-image-generator` for one item."""
+    body: dict[str, Any] = {
+        "image_count": settings.image_count,
+        "model": settings.model,
+        "aspect_ratio": settings.aspect_ratio,
+        "style": {"prompt": prompt, "tool": settings.tool},
+        "name": name,
+    }
+    if settings.resolution is not None:
+        body["resolution"] = settings.resolution
+    return body
