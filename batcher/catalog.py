@@ -125,7 +125,7 @@ class Catalog:
         return None
 
     def estimate(self, settings: ItemSettings) -> Estimate:
-        """From-price × image_count, and whether that is exact or only a lower bound."""
+        """From-price x image_count, and whether that is exact or only a lower bound."""
         info = self.models.get(settings.model)
         if info is None:
             raise KeyError(settings.model)
@@ -142,7 +142,8 @@ class Catalog:
             price *= info.resolution_multipliers[resolution]
         elif resolution != info.lowest_resolution:
             exact = False
-        return Estimate(credits=math.ceil(price * settings.image_count), exact=exact)
+        # Round away float noise first so 10 x 1.1 is 11, as the API charges, not 12.
+        return Estimate(credits=math.ceil(round(price * settings.image_count, 6)), exact=exact)
 
 
 def packaged_catalog_path() -> Path:
@@ -178,7 +179,8 @@ def _load_cached(path: str) -> Catalog:
 
 
 def _loader() -> type[yaml.SafeLoader]:
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[no-any-return]
+    loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return loader
 
 
 def _parse(path: str, data: Any) -> Catalog:

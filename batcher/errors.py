@@ -7,10 +7,12 @@
     │   ├── ConfigError               a setting is missing or wrong (no API key, bad URL...)
     │   └── PreflightError            the account cannot pay for or is not allowed the run
     ├── ApiError                      the API answered with a non-2xx status
-    │   └── AuthError                 401: the key was rejected (exit 2)
+    │   ├── AuthError                 401: the key was rejected (exit 2)
+    │   └── DownloadExpiredError      403/404/410 on a signed download URL: GET the project again
     ├── TransportError                no usable answer came back
     │   ├── ConnectError              the request surely never reached the server
     │   └── ResponseLostError         the request may have been processed; answer lost
+    │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
     ├── LedgerError                   the ledger database is unusable
     ├── RunIncomplete                 a run ended with items failed, in doubt or unsent
     └── Interrupted                   the user stopped the run (exit 130)
@@ -102,6 +104,13 @@ class AuthError(ApiError):
     exit_code = EXIT_INPUT
 
 
+class DownloadExpiredError(ApiError):
+    """A signed download URL was refused (403/404/410): it expired or is invalid.
+
+    Retrying the same URL is pointless; a new GET of the project gives fresh ones.
+    """
+
+
 class TransportError(BatcherError):
     """No usable HTTP answer came back."""
 
@@ -112,6 +121,19 @@ class ConnectError(TransportError):
 
 class ResponseLostError(TransportError):
     """The request went out but no complete answer came back: it may have been processed."""
+
+
+class MalformedResponseError(ResponseLostError):
+    """A 2xx answer whose body cannot be used (not JSON, no project id...).
+
+    A ResponseLostError because, for a create, the server accepted the request
+    and may have charged for it. `project_id` is set when the answer had an id
+    but not the rest (the charge), so the item can still be found and polled.
+    """
+
+    def __init__(self, message: str, *, project_id: str | None = None) -> None:
+        self.project_id = project_id
+        super().__init__(message)
 
 
 class LedgerError(BatcherError):

@@ -12,26 +12,32 @@ import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # Messages quote user text (prompts, paths): never markup, never :emoji: codes.
+    stderr.print(
+        f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, emoji=False
+    )
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    stderr.print(
+        f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, emoji=False
+    )
 
 
 def note(message: str) -> None:
-    stderr.print(message, markup=False, highlight=False)
+    stderr.print(message, markup=False, highlight=False, emoji=False)
 
 
 def result(text: str) -> None:
     """A line of the command's result on stdout, printed as is."""
-    stdout.print(text, markup=False, highlight=False)
+    stdout.print(text, markup=False, highlight=False, emoji=False)
 
 
 def configure_logging(*, debug: bool, quiet: bool) -> None:

@@ -83,7 +83,7 @@ def item_key(batch_name: str, identity: bytes, occurrence: int) -> str:
 
 
 def project_name(batch_name: str, key: str, settings: ItemSettings) -> str:
-    """The `name` sent with a create: the user's, else one that finds the item in the web library."""
+    """The `name` sent with a create: the user's, or one that finds the item in the library."""
     if settings.name:
         return settings.name
     return f"{batch_name} {key}"

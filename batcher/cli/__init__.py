@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from batcher import __version__, output
-from batcher.errors import EXIT_INPUT, EXIT_INTERRUPTED, BatcherError
+from batcher.errors import EXIT_INPUT, EXIT_INTERRUPTED, BatcherError, JobFileError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,16 @@ class BatcherGroup(click.Group):
         except BatcherError as exc:
             if ctx.meta.get("batcher.debug"):
                 log.exception("failed")
-            output.error(str(exc))
+            if isinstance(exc, JobFileError):
+                # One line per problem, FILE:LINE: field: message, like `validate`.
+                for problem in exc.problems:
+                    output.note(str(problem))
+                count = len(exc.problems)
+                output.error(
+                    f"{count} problem{'s' if count != 1 else ''} in the job files; nothing was sent"
+                )
+            else:
+                output.error(str(exc))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             output.error("interrupted")
@@ -62,9 +71,9 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from batcher.cli import jobs, sandbox
+    from batcher.cli import credits, jobs, ledger, runs, sandbox
 
-    for module in (jobs, sandbox):
+    for module in (jobs, runs, ledger, credits, sandbox):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -2,6 +2,178 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from batcher import output
+from batcher.errors import ConfigError
+from batcher.sandbox import HONEST, SANDBOX_KEY, SandboxConfig, serve
+from batcher.sandbox.config import DEFAULT_CREDITS, DEFAULT_TIER, parse_retry_after
+from batcher.sandbox.emulator import Emulator
+
+_DEFAULTS = SandboxConfig()
+_RATE = click.FloatRange(0.0, 1.0)
+_SECONDS = click.FloatRange(min=0.0)
+
+
+def _retry_after(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    try:
+        return parse_retry_after(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.option("--host", default=_DEFAULTS.host, show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65_535),
+    default=_DEFAULTS.port,
+    show_default=True,
+    help="Port; 0 picks a free one.",
+)
+@click.option(
+    "--key",
+    default=SANDBOX_KEY,
+    show_default=True,
+    help="The bearer key the sandbox accepts (a fake one; never a real API key).",
+)
+@click.option(
+    "--catalog",
+    type=click.Path(dir_okay=False),
+    envvar="BATCHER_CATALOG",
+    help="Model catalog to validate and price against [env: BATCHER_CATALOG; default: packaged].",
+)
+@click.option(
+    "--tier",
+    default=DEFAULT_TIER,
+    show_default=True,
+    help="The account's plan: free, creator, pro or business (as in the catalog).",
+)
+@click.option(
+    "--credits",
+    type=click.IntRange(min=0),
+    default=DEFAULT_CREDITS,
+    show_default=True,
+    help="Starting balance.",
+)
+@click.option(
+    "--charge-factor",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=_DEFAULTS.charge_factor,
+    show_default=True,
+    help="Charge this many times the catalog price (above 1: more than clients estimate).",
+)
+@click.option(
+    "--render-seconds",
+    type=_SECONDS,
+    default=_DEFAULTS.render_seconds,
+    show_default=True,
+    help="How long a render takes.",
+)
+@click.option(
+    "--render-jitter",
+    type=_RATE,
+    default=_DEFAULTS.render_jitter,
+    show_default=True,
+    help="Render time varies uniformly by this fraction either way.",
+)
+@click.option(
+    "--render-error-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of renders that fail and are refunded.",
+)
+@click.option(
+    "--download-ttl",
+    type=_SECONDS,
+    default=_DEFAULTS.download_ttl,
+    show_default=True,
+    help="Seconds a download URL stays valid after the GET that issued it.",
+)
+@click.option("--latency", type=_SECONDS, default=0.0, help="Seconds added to every API request.")
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="API requests per second over all /v1/ requests (burst as large); beyond: 429.",
+)
+@click.option(
+    "--retry-after",
+    is_flag=False,
+    flag_value=HONEST,
+    default=None,
+    callback=_retry_after,
+    metavar="[SECONDS]",
+    help="Send Retry-After with 429s: SECONDS, or alone for the real time until capacity frees.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=0),
+    help="Renders queued or rendering at once; a create beyond it gets 429.",
+)
+@click.option(
+    "--error-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of creates answered 500/502/503 (nothing created or charged).",
+)
+@click.option(
+    "--poll-error-rate", type=_RATE, default=0.0, help="Share of project GETs answered 5xx."
+)
+@click.option(
+    "--drop-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of creates that charge and create, then close the connection unanswered.",
+)
+@click.option("--seed", type=int, help="Make faults, render times and render errors reproducible.")
+def sandbox(**options: Any) -> None:
+    """Serve a local emulator of the Magic Hour API.
+
+    It validates, charges and renders like the real API (renders are fake
+    PNGs showing their prompt) and can inject faults. The first line on
+    stdout is the base URL; point clients at it with MAGIC_HOUR_BASE_URL and
+    the key (default "sandbox-key") in MAGIC_HOUR_API_KEY. Stop with Ctrl-C.
+
+    \b
+    Inspection (no key needed):
+      GET  /_sandbox/journal           every accepted create
+      GET  /_sandbox/stats             request counters, credits
+      GET|POST /_sandbox/faults        read or change fault settings (JSON)
+      POST /_sandbox/faults/reset      back to the starting settings
+      POST /_sandbox/expire-downloads  expire every download URL issued so far
+    """
+    try:
+        config = SandboxConfig(**options)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        serve(config, on_ready=_announce)
+    except KeyboardInterrupt:  # Ctrl-C is how a sandbox is meant to stop: not an error
+        output.note("sandbox: stopped")
+
+
+def _announce(base_url: str, emulator: Emulator) -> None:
+    """The URL first, alone on stdout, for scripts; the rest for humans on stderr."""
+    print(base_url, flush=True)
+    config = emulator.config
+    # The default key is public; any other one the user chose is not repeated.
+    key = config.key if config.key == SANDBOX_KEY else "the one given with --key"
+    faults = [
+        f"{name}={value}"
+        for name, value in config.runtime_settings().items()
+        if value != getattr(_DEFAULTS, name) and name not in ("tier", "render_seconds")
+    ]
+    output.note(
+        f"sandbox: serving the Magic Hour API at {base_url} (key: {key}; tier {config.tier}; "
+        f"{emulator.credits} credits; renders {config.render_seconds:g} s"
+        + (f"; {', '.join(faults)}" if faults else "")
+        + (f"; seed {config.seed}" if config.seed is not None else "")
+        + "). Ctrl-C stops it."
+    )
+    sys.stderr.flush()
+
+
+COMMANDS: list[click.Command] = [sandbox]

@@ -1,0 +1,972 @@
+"""Typed async client of Magic Hour's image API, and the connection pool under it.
+
+    MagicHourClient           what the runner calls: create, poll, delete, account, download
+      │ API calls: prebuilt httpx.Request straight into the transport
+      │ downloads: an httpx.AsyncClient (redirects, streaming) over the same transport
+      ▼
+    httpx.AsyncBaseTransport  the seam: PooledTransport in production,
+                              httpx.MockTransport (or any transport) in tests
+      ▼
+    PooledTransport           one O(1) pool of httpcore HTTP/1.1 connections
+
+Every httpx exception is translated here, once, into batcher.errors, and the
+translation is about money (a create is billed when accepted):
+
+    httpx.ConnectError, ConnectTimeout, PoolTimeout, UnsupportedProtocol
+        → ConnectError: the request was never written, surely nothing happened
+    ReadTimeout, WriteTimeout, ReadError, WriteError, RemoteProtocolError,
+    any other httpx error
+        → ResponseLostError: the request may have been processed
+    2xx whose body is unusable (a create without an id)
+        → MalformedResponseError (a ResponseLostError)
+    non-2xx → ApiError(status, message, retry_after); 401 → AuthError;
+    403/404/410 on a signed download URL → DownloadExpiredError
+    a download URL that is not http(s) with a host → ConnectError (nothing sent)
+
+Why not a plain `httpx.AsyncClient()`: measured on the 2-core dev machine with
+64 workers (bench/pool_experiments.py, medians of 3 runs), httpcore's pool
+rescans every connection, and asks every idle socket whether it is readable,
+on each request and each response close, so it gets slower as connections are
+added (encode/httpx#3215). A bare AsyncClient made about 530 creates/s (and
+130/s with max_keepalive_connections=64); several small httpcore pools side
+by side about 1,500/s; this module about 2,900/s, and 1,200/s (94% of the
+64 / 0.05 s ceiling) when every answer takes 50 ms. PooledTransport keeps idle
+connections in a LIFO stack per origin, checks only the one it pops, and
+bounds open connections with one semaphore: O(1) per request at any
+concurrency, creating no lock or event per request (httpcore's pool makes an
+event per request, and each new one asks sniffio which event loop runs). API
+calls skip AsyncClient.send (auth flow, redirects, cookie jar: nothing this
+API uses), which was another third of the client's CPU per request.
+
+The API key lives in one prebuilt header and nowhere else: not in the
+AsyncClient (downloads must not carry it), not in any message (every text that
+comes from outside is scrubbed of it), not in repr().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import logging
+import math
+import os
+import ssl
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import quote
+
+import anyio
+import anyio.to_thread
+import httpcore
+import httpx
+
+from batcher import __version__
+from batcher.config import DEFAULT_CONCURRENCY, ApiConfig
+from batcher.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    ConnectError,
+    DownloadExpiredError,
+    MalformedResponseError,
+    ResponseLostError,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+CREATE_PATH: Final = "/v1/ai-image-generator"
+PROJECT_PATH: Final = "/v1/image-projects/"
+ACCOUNT_PATH: Final = "/v1/account"
+
+# Timeouts, seconds. A create that times out after the request went out leaves
+# its item in doubt (maybe charged), so its read timeout is generous; a poll is
+# cheap and safe to retry, so it gives up sooner. Connect and pool waits are
+# safe for creates too (nothing was sent) and are retried by the retry policy.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+DEFAULT_WRITE_TIMEOUT: Final = 20.0
+DEFAULT_POOL_TIMEOUT: Final = 60.0
+DEFAULT_CREATE_READ_TIMEOUT: Final = 90.0
+DEFAULT_READ_TIMEOUT: Final = 20.0
+DEFAULT_DOWNLOAD_READ_TIMEOUT: Final = 60.0
+
+# Idle keep-alive connections are dropped after this long. Below the 5 s idle
+# timeout common on servers (uvicorn, many load balancers), so that we close
+# first instead of racing a server's close: a create written onto a connection
+# the server is closing can end "Server disconnected", which is in doubt.
+DEFAULT_KEEPALIVE_EXPIRY: Final = 4.0
+# The pool opens up to this many connections per unit of `concurrency`: one for
+# API calls (metered by the limiter) and one for downloads (not metered).
+POOL_CONNECTIONS_PER_WORKER: Final = 2
+DOWNLOAD_MAX_REDIRECTS: Final = 5
+DOWNLOAD_CHUNK_BYTES: Final = 256 * 1024
+ERROR_BODY_MAX_BYTES: Final = 8 * 1024  # read at most this much of an error answer
+MESSAGE_EXCERPT_CHARS: Final = 200
+REDACTED: Final = "[redacted]"
+# Keys shorter than this are test placeholders; scrubbing them would mangle text.
+MIN_SCRUBBED_KEY_CHARS: Final = 6
+
+USER_AGENT: Final = f"batcher/{__version__}"
+PROJECT_STATES: Final = ("draft", "queued", "rendering", "complete", "error", "canceled")
+FINISHED_STATES: Final = frozenset({"complete", "error", "canceled"})
+EXPIRED_DOWNLOAD_STATUSES: Final = frozenset({403, 404, 410})
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedProject:
+    """A create the API accepted: poll `project_id`; `credits_charged` were billed."""
+
+    project_id: str
+    credits_charged: int
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A signed URL of one image; fetched without the bearer header, expires (~24 h)."""
+
+    url: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectStatus:
+    """One GET of an image project, parsed leniently (unknown fields ignored)."""
+
+    project_id: str
+    status: str  # one of PROJECT_STATES; an unknown new state is kept, not refused
+    credits_charged: int | None  # includes the refund once a render failed
+    downloads: tuple[Download, ...]
+    error_code: str | None
+    error_message: str | None
+    image_count: int | None
+    name: str | None
+    enabled: bool | None  # False once deleted
+    created_at: datetime | None
+
+    @property
+    def is_finished(self) -> bool:
+        """The render will not change any more: complete, error or canceled."""
+        return self.status in FINISHED_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """The key's account: balance and tier."""
+
+    account_id: str | None
+    email: str | None
+    credits: int
+    tier: str  # free|creator|pro|business, kept as sent
+    subscription: object  # passed through as parsed JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds; see the DEFAULT_* constants for why each is what it is."""
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    write: float = DEFAULT_WRITE_TIMEOUT
+    pool: float = DEFAULT_POOL_TIMEOUT
+    create_read: float = DEFAULT_CREATE_READ_TIMEOUT
+    read: float = DEFAULT_READ_TIMEOUT
+    download_read: float = DEFAULT_DOWNLOAD_READ_TIMEOUT
+
+    def extension(self, read: float) -> dict[str, Any]:
+        """The httpcore `timeout` request extension for a call with this read timeout."""
+        return {
+            "timeout": {
+                "connect": self.connect,
+                "read": read,
+                "write": self.write,
+                "pool": self.pool,
+            }
+        }
+
+
+DEFAULT_TIMEOUTS: Final = Timeouts()
+
+
+# --------------------------------------------------------------------------- pool
+
+# httpcore's exceptions → httpx's, most specific first (the same mapping httpx's
+# own transport applies, which is private to httpx).
+_HTTPCORE_TO_HTTPX: Final[dict[type[Exception], type[httpx.TransportError]]] = {
+    httpcore.PoolTimeout: httpx.PoolTimeout,
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+    httpcore.TimeoutException: httpx.TimeoutException,
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.NetworkError: httpx.NetworkError,
+    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
+    httpcore.LocalProtocolError: httpx.LocalProtocolError,
+    httpcore.ProtocolError: httpx.ProtocolError,
+    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
+    httpcore.ProxyError: httpx.ProxyError,
+}
+
+
+def _as_httpx(exc: Exception, request: httpx.Request | None) -> Exception:
+    """The httpx exception for an httpcore one; anything else unchanged."""
+    for klass in type(exc).__mro__:
+        target = _HTTPCORE_TO_HTTPX.get(klass)
+        if target is not None:
+            return target(str(exc), request=request)
+    return exc
+
+
+_OriginKey = tuple[bytes, bytes, int | None]
+
+
+class _PooledStream(httpx.AsyncByteStream):
+    """A response body that gives its connection back to the pool when closed."""
+
+    __slots__ = ("_closed", "_connection", "_key", "_pool", "_request", "_stream")
+
+    def __init__(
+        self,
+        pool: PooledTransport,
+        key: _OriginKey,
+        connection: httpcore.AsyncHTTPConnection,
+        stream: Any,
+        request: httpx.Request,
+    ) -> None:
+        self._pool = pool
+        self._key = key
+        self._connection = connection
+        self._stream = stream
+        self._request = request
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except Exception as exc:
+            mapped = _as_httpx(exc, self._request)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stream.aclose()
+        except Exception as exc:
+            mapped = _as_httpx(exc, self._request)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        finally:
+            await self._pool._checkin(self._key, self._connection)
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 connection pool with O(1) bookkeeping per request.
+
+    At most `max_connections` connections are in use at once (a request waits
+    up to the `pool` timeout for one, then fails with httpx.PoolTimeout, before
+    anything is written). Idle connections wait in a LIFO stack per origin: the
+    most recently used is reused first (warm, least likely to have been closed
+    by the server), and only that one is checked for expiry and for a
+    server-side close. Connections idle longer than `keepalive_expiry` are
+    closed from the bottom of the stack as new ones are returned.
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        # One SSL context for every connection: building one loads the CA bundle.
+        self._ssl_context = httpx.create_ssl_context(verify=verify)
+        # anyio's backend works under asyncio and trio; one instance for all
+        # connections spares each its own async-library detection.
+        self._backend = httpcore.AnyIOBackend()
+        self._slots = anyio.Semaphore(max_connections, fast_acquire=True)
+        self._idle: dict[_OriginKey, deque[tuple[float, httpcore.AsyncHTTPConnection]]] = {}
+        self._idle_count = 0
+        self._in_use = 0
+        self._closed = False
+
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
+
+    @property
+    def in_use(self) -> int:
+        """Connections carrying a request now."""
+        return self._in_use
+
+    @property
+    def idle(self) -> int:
+        """Open connections waiting for a request."""
+        return self._idle_count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the connection pool is closed")
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(
+                f"unsupported URL scheme {url.scheme!r}", request=request
+            )
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,  # an AsyncByteStream: async-iterable bytes
+            extensions=request.extensions,
+        )
+        key: _OriginKey = (scheme, url.raw_host, url.port)
+        await self._acquire_slot(request)
+        connection: httpcore.AsyncHTTPConnection | None = None
+        try:
+            while True:
+                connection = await self._checkout(key)
+                if connection is None:
+                    connection = httpcore.AsyncHTTPConnection(
+                        core_request.url.origin,
+                        ssl_context=self._ssl_context,
+                        keepalive_expiry=self._keepalive_expiry,
+                        http1=True,
+                        http2=False,
+                        network_backend=self._backend,
+                    )
+                try:
+                    response = await connection.handle_async_request(core_request)
+                except httpcore.ConnectionNotAvailable:
+                    # The connection closed between our check and its use, before
+                    # anything was written: take another.
+                    await _close_quietly(connection)
+                    connection = None
+                    continue
+                break
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if connection is not None:
+                    await self._checkin(key, connection)
+                else:
+                    self._release_slot()
+            if isinstance(exc, Exception):
+                mapped = _as_httpx(exc, request)
+                if mapped is not exc:
+                    raise mapped from exc
+            raise
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_PooledStream(self, key, connection, response.stream, request),
+            extensions=response.extensions,
+        )
+
+    async def _acquire_slot(self, request: httpx.Request) -> None:
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            timeouts = request.extensions.get("timeout", {})
+            with anyio.move_on_after(timeouts.get("pool")) as scope:
+                await self._slots.acquire()
+            if scope.cancelled_caught:
+                raise httpx.PoolTimeout(
+                    f"no connection free within the pool timeout ({self._max_connections} in use)",
+                    request=request,
+                ) from None
+        self._in_use += 1
+
+    def _release_slot(self) -> None:
+        self._in_use -= 1
+        self._slots.release()
+
+    async def _checkout(self, key: _OriginKey) -> httpcore.AsyncHTTPConnection | None:
+        stack = self._idle.get(key)
+        while stack:
+            _, connection = stack.pop()
+            self._idle_count -= 1
+            # has_expired(): keep-alive time out, or the server closed it (the
+            # socket is readable while idle). One cheap syscall, this connection only.
+            if connection.is_closed() or connection.has_expired():
+                await _close_quietly(connection)
+                continue
+            return connection
+        return None
+
+    async def _checkin(self, key: _OriginKey, connection: httpcore.AsyncHTTPConnection) -> None:
+        """Take a connection back after its request: keep it idle or close it; free the slot."""
+        try:
+            now = time.monotonic()
+            reusable = (
+                not self._closed
+                and not connection.is_closed()
+                and connection.is_idle()
+                and self._idle_count < self._max_connections
+            )
+            if not reusable:
+                await _close_quietly(connection)
+                return
+            stack = self._idle.get(key)
+            if stack is None:
+                stack = self._idle[key] = deque()
+            stack.append((now, connection))
+            self._idle_count += 1
+            # Sweep the bottom of the stack: connections nobody reused in time.
+            while stack and stack[0][0] + self._keepalive_expiry < now:
+                _, stale = stack.popleft()
+                self._idle_count -= 1
+                await _close_quietly(stale)
+        finally:
+            self._release_slot()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        stacks = list(self._idle.values())
+        self._idle.clear()
+        self._idle_count = 0
+        for stack in stacks:
+            for _, connection in stack:
+                await _close_quietly(connection)
+
+
+async def _close_quietly(connection: httpcore.AsyncHTTPConnection) -> None:
+    # Closing a socket cannot tell us anything useful; never let it mask the
+    # real outcome, and finish it even when the caller is being cancelled.
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await connection.aclose()
+
+
+# --------------------------------------------------------------------------- client
+
+
+class MagicHourClient:
+    """Async client of the Magic Hour API; use as `async with MagicHourClient(cfg) as c:`.
+
+    `concurrency` is the most API calls the caller keeps in flight at once (the
+    runner's limiter ceiling); the pool opens up to POOL_CONNECTIONS_PER_WORKER
+    connections per unit of it. `transport` replaces the pool (tests pass an
+    httpx.MockTransport); the client closes it on exit either way.
+    """
+
+    def __init__(
+        self,
+        config: ApiConfig,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        base = config.base_url.rstrip("/")
+        try:
+            base_url = httpx.URL(base)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"API base URL {base!r} is not a valid URL: {exc}") from None
+        if base_url.scheme not in ("http", "https") or not base_url.host:
+            raise ConfigError(
+                f"API base URL {base!r} must start with http:// or https:// and name a host"
+            )
+        key = config.api_key
+        if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
+            # h11 would refuse the header and quote it in its error message.
+            raise ConfigError("the API key holds characters that cannot go in an HTTP header")
+
+        self._base = base
+        self._concurrency = concurrency
+        self._timeouts = timeouts
+        self._secret = key if key is not None and len(key) >= MIN_SCRUBBED_KEY_CHARS else None
+        self._transport = transport or PooledTransport(concurrency * POOL_CONNECTIONS_PER_WORKER)
+
+        common: list[tuple[bytes, bytes]] = [
+            (b"Accept", b"application/json"),
+            (b"User-Agent", USER_AGENT.encode("ascii")),
+        ]
+        if key is not None:
+            common.append((b"Authorization", b"Bearer " + key.encode("ascii")))
+        self._headers = common
+        self._json_headers = [*common, (b"Content-Type", b"application/json")]
+        self._create_url = httpx.URL(base + CREATE_PATH)
+        self._account_url = httpx.URL(base + ACCOUNT_PATH)
+        self._create_ext = timeouts.extension(timeouts.create_read)
+        self._read_ext = timeouts.extension(timeouts.read)
+        self._encode = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode
+
+        # Downloads go through a full AsyncClient (redirects, streaming) over
+        # the same pool. It has no Authorization header: signed URLs must not
+        # get it, and they may be on another host.
+        self._http = httpx.AsyncClient(
+            transport=self._transport,
+            headers={"User-Agent": USER_AGENT, "Accept": "*/*"},
+            timeout=httpx.Timeout(
+                timeouts.download_read,
+                connect=timeouts.connect,
+                write=timeouts.write,
+                pool=timeouts.pool,
+            ),
+            follow_redirects=True,
+            max_redirects=DOWNLOAD_MAX_REDIRECTS,
+            trust_env=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"MagicHourClient(base_url={self._base!r}, concurrency={self._concurrency})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()  # closes the transport too
+
+    # ----------------------------------------------------------------- API calls
+
+    async def create_image(self, body: Mapping[str, Any]) -> CreatedProject:
+        """POST /v1/ai-image-generator. Billable: see the module docstring for errors."""
+        content = self._encode(body).encode("utf-8")
+        status, headers, raw, reason = await self._call(
+            "POST", self._create_url, self._json_headers, content, self._create_ext, "create"
+        )
+        if not 200 <= status < 300:
+            raise self._api_error(status, headers, raw, reason, download=False)
+        data = self._json_object(raw, "create", maybe_charged=True)
+        project_id = _str_or_none(data.get("id"))
+        if project_id is None:
+            raise MalformedResponseError(
+                f"create answered {status} without a usable project id: it may have been "
+                "charged, and there is nothing to poll"
+            )
+        credits = _int_or_none(data.get("credits_charged"))
+        if credits is None:
+            # Keep the id on the error: the item is in doubt, but findable.
+            raise MalformedResponseError(
+                f"create answered {status} for project {project_id} without a usable "
+                "credits_charged: the charge is unknown until the project is polled",
+                project_id=project_id,
+            )
+        return CreatedProject(project_id=project_id, credits_charged=credits)
+
+    async def get_project(self, project_id: str) -> ProjectStatus:
+        """GET /v1/image-projects/{id}."""
+        status, headers, raw, reason = await self._call(
+            "GET", self._project_url(project_id), self._headers, None, self._read_ext, "poll"
+        )
+        if not 200 <= status < 300:
+            raise self._api_error(status, headers, raw, reason, download=False)
+        return _parse_project(self._json_object(raw, "poll", maybe_charged=False), project_id)
+
+    async def delete_project(self, project_id: str) -> None:
+        """DELETE /v1/image-projects/{id} (204)."""
+        status, headers, raw, reason = await self._call(
+            "DELETE", self._project_url(project_id), self._headers, None, self._read_ext, "delete"
+        )
+        if not 200 <= status < 300:
+            raise self._api_error(status, headers, raw, reason, download=False)
+
+    async def get_account(self) -> Account:
+        """GET /v1/account."""
+        status, headers, raw, reason = await self._call(
+            "GET", self._account_url, self._headers, None, self._read_ext, "account"
+        )
+        if not 200 <= status < 300:
+            raise self._api_error(status, headers, raw, reason, download=False)
+        data = self._json_object(raw, "account", maybe_charged=False)
+        credits = _int_or_none(data.get("credits"))
+        tier = _str_or_none(data.get("tier"))
+        if credits is None or tier is None:
+            raise MalformedResponseError("account answer without usable credits and tier")
+        return Account(
+            account_id=_str_or_none(data.get("id")),
+            email=_str_or_none(data.get("email")),
+            credits=credits,
+            tier=tier,
+            subscription=data.get("subscription"),
+        )
+
+    async def download(self, url: str, dest: Path) -> int:
+        """Fetch a signed URL (no bearer header) into `dest` atomically; return bytes written.
+
+        The body streams into a temporary file beside `dest`, is fsynced, then
+        renamed over `dest`: a reader never sees a partial image, and a failure
+        leaves no partial file behind.
+        """
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ConnectError(f"download URL is not valid: {exc}") from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ConnectError(f"download URL is not an http(s) URL with a host: {target.scheme!r}")
+        where = _describe_url(target)
+        dest = Path(dest)
+        folder = dest.parent
+        await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = await anyio.to_thread.run_sync(
+            lambda: tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".part")
+        )
+        tmp = Path(tmp_name)
+        written = 0
+        started = time.perf_counter()
+        try:
+            async with await anyio.open_file(fd, "wb") as out:
+                try:
+                    async with self._http.stream("GET", target) as response:
+                        if not response.is_success:
+                            raw = await _read_capped(response)
+                            raise self._api_error(
+                                response.status_code,
+                                response.headers,
+                                raw,
+                                response.reason_phrase,
+                                download=True,
+                            )
+                        async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
+                            await out.write(chunk)
+                            written += len(chunk)
+                except _HTTPX_ERRORS as exc:
+                    raise self._transport_error(exc, f"download {where}") from None
+                await out.flush()
+                await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+            await anyio.to_thread.run_sync(_replace_durably, tmp, dest)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+            raise
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "download done",
+                extra={
+                    "event": "api.download",
+                    "where": where,
+                    "bytes": written,
+                    "elapsed": round(time.perf_counter() - started, 4),
+                },
+            )
+        return written
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _project_url(self, project_id: str) -> httpx.URL:
+        if not project_id:
+            raise ValueError("project_id must not be empty")
+        return httpx.URL(self._base + PROJECT_PATH + quote(project_id, safe=""))
+
+    async def _call(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | None,
+        extensions: dict[str, Any],
+        what: str,
+    ) -> tuple[int, httpx.Headers, bytes, str]:
+        """Send one API request straight to the transport; return status, headers, body."""
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions=extensions
+        )
+        started = time.perf_counter()
+        try:
+            response = await self._transport.handle_async_request(request)
+            try:
+                raw = await response.aread()
+            finally:
+                await response.aclose()
+        except _HTTPX_ERRORS as exc:
+            raise self._transport_error(exc, what) from None
+        status = response.status_code
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "api call",
+                extra={
+                    "event": "api.call",
+                    "call": what,
+                    "method": method,
+                    "path": url.path,
+                    "status": status,
+                    "elapsed": round(time.perf_counter() - started, 4),
+                },
+            )
+        return status, response.headers, raw, response.reason_phrase
+
+    def _transport_error(self, exc: Exception, what: str) -> TransportError:
+        detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        if isinstance(exc, _NEVER_SENT):
+            return ConnectError(f"{what}: could not reach the API, nothing was sent ({detail})")
+        return ResponseLostError(
+            f"{what}: the request went out but no complete answer came back ({detail}); "
+            "it may have been processed"
+        )
+
+    def _json_object(self, raw: bytes, what: str, *, maybe_charged: bool) -> dict[str, Any]:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            consequence = " it may have been charged" if maybe_charged else ""
+            raise MalformedResponseError(
+                f"{what}: a success answer whose body is not a JSON object "
+                f"({self._excerpt(raw) or 'empty'}).{consequence}"
+            )
+        return data
+
+    def _api_error(
+        self,
+        status: int,
+        headers: httpx.Headers,
+        raw: bytes,
+        reason: str,
+        *,
+        download: bool,
+    ) -> ApiError:
+        message = self._scrub(_error_message(raw, reason, status))
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        klass: type[ApiError] = ApiError
+        if download:
+            if status in EXPIRED_DOWNLOAD_STATUSES:
+                klass = DownloadExpiredError
+        elif status == HTTPStatus.UNAUTHORIZED:
+            klass = AuthError
+        return klass(status, message, retry_after)
+
+    def _excerpt(self, raw: bytes) -> str:
+        return self._scrub(_excerpt(raw))
+
+    def _scrub(self, text: str) -> str:
+        # The server could echo the key back ("invalid key mhk_..."): never pass it on.
+        if self._secret is not None and self._secret in text:
+            return text.replace(self._secret, REDACTED)
+        return text
+
+
+# httpx raises these (and only these) from a request; InvalidURL and
+# StreamError are not HTTPError subclasses but are httpx's all the same.
+_HTTPX_ERRORS: Final = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
+# The request was surely not written: the connection was never made, no
+# connection was free in the pool, or the URL could not even be used.
+_NEVER_SENT: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds (floats tolerated) or HTTP-date.
+
+    None when absent or unreadable; never negative.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _error_message(raw: bytes, reason: str, status: int) -> str:
+    """The best human message of an error answer: message, error, detail, body, reason."""
+    data: Any = None
+    if raw:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+    fields = ("message", "error", "detail")
+    if isinstance(data, dict):
+        for field in fields:
+            text = _message_text(data.get(field))
+            if text:
+                return text
+    elif isinstance(data, str | list):
+        text = _message_text(data)
+        if text:
+            return text
+    # Not JSON, or JSON with other fields than we know: an excerpt still tells
+    # more than the reason phrase (an HTML error page, {"code": "..."}).
+    informative = data is None or (isinstance(data, dict) and any(k not in fields for k in data))
+    excerpt = _excerpt(raw) if informative else ""
+    if excerpt:
+        return excerpt
+    if reason:
+        return reason
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _message_text(value: Any) -> str:
+    """Text of a `message`/`error`/`detail` value: a string, an object or a list of them."""
+    if isinstance(value, str):
+        return _shorten(value.strip())
+    if isinstance(value, dict):
+        # {"error": {"code": ..., "message": ...}} and FastAPI-like {"msg": ..., "loc": ...}
+        for field in ("message", "msg", "detail", "error", "description"):
+            inner = value.get(field)
+            if isinstance(inner, str) and inner.strip():
+                text = inner.strip()
+                loc = value.get("loc")
+                if isinstance(loc, list) and loc:
+                    text = f"{'.'.join(str(part) for part in loc)}: {text}"
+                return _shorten(text)
+        return _shorten(json.dumps(value, ensure_ascii=False, sort_keys=True)) if value else ""
+    if isinstance(value, list):
+        parts = [text for text in (_message_text(item) for item in value) if text]
+        return _shorten("; ".join(parts))
+    if value is None or isinstance(value, bool):
+        return ""
+    return _shorten(str(value))
+
+
+def _excerpt(raw: bytes) -> str:
+    text = raw[: MESSAGE_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    return _shorten(" ".join(text.split()))
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= MESSAGE_EXCERPT_CHARS:
+        return text
+    return text[: MESSAGE_EXCERPT_CHARS - 1] + "…"
+
+
+def _str_or_none(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    """An int, or a float that is integral (5.0); anything else (bool, 5.5, "5") is None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _datetime_or_none(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _parse_project(data: dict[str, Any], requested_id: str) -> ProjectStatus:
+    status = data.get("status")
+    if not isinstance(status, str) or not status.strip():
+        raise MalformedResponseError(f"poll of {requested_id}: answer without a status")
+    downloads: list[Download] = []
+    entries = data.get("downloads")
+    if isinstance(entries, list):
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry["url"]:
+                downloads.append(Download(entry["url"], _datetime_or_none(entry.get("expires_at"))))
+    error = data.get("error")
+    error_code: str | None = None
+    error_message: str | None = None
+    if isinstance(error, dict):
+        error_code = _str_or_none(error.get("code"))
+        error_message = _str_or_none(error.get("message"))
+    elif isinstance(error, str) and error:
+        error_message = error
+    enabled = data.get("enabled")
+    return ProjectStatus(
+        project_id=_str_or_none(data.get("id")) or requested_id,
+        status=status.strip().lower(),
+        credits_charged=_int_or_none(data.get("credits_charged")),
+        downloads=tuple(downloads),
+        error_code=error_code,
+        error_message=error_message,
+        image_count=_int_or_none(data.get("image_count")),
+        name=_str_or_none(data.get("name")),
+        enabled=enabled if isinstance(enabled, bool) else None,
+        created_at=_datetime_or_none(data.get("created_at")),
+    )
+
+
+def _describe_url(url: httpx.URL) -> str:
+    # Host and path only: the query of a signed URL is a credential.
+    return f"{url.host}{url.path}"
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    """At most ERROR_BODY_MAX_BYTES of a streamed error answer."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= ERROR_BODY_MAX_BYTES:
+            break
+    return b"".join(parts)[:ERROR_BODY_MAX_BYTES]
+
+
+def _replace_durably(tmp: Path, dest: Path) -> None:
+    """Rename the finished file over `dest`; fsync the folder so the rename survives a crash."""
+    tmp.replace(dest)
+    try:
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+    except OSError:
+        return  # some platforms cannot open a directory; the rename itself is done
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

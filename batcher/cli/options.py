@@ -1,0 +1,105 @@
+"""Flags shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from batcher.config import (
+    BASE_URL_ENV,
+    DATABASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_RENDER_RETRIES,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+db_option = click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help=f"Ledger database URL [env {DATABASE_URL_ENV}; default {DEFAULT_DATABASE_URL}].",
+)
+catalog_option = click.option(
+    "--catalog",
+    "catalog_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Model catalog file [env BATCHER_CATALOG; default: the packaged one].",
+)
+base_url_option = click.option(
+    "--base-url",
+    metavar="URL",
+    help=f"API base URL [env {BASE_URL_ENV}; default {DEFAULT_BASE_URL}].",
+)
+
+run_options = _stack(
+    click.option(
+        "--concurrency",
+        type=click.IntRange(1, 1024),
+        default=DEFAULT_CONCURRENCY,
+        show_default=True,
+        help="Most requests in flight (a ceiling: 429s lower it).",
+    ),
+    click.option(
+        "--rate",
+        type=click.FloatRange(0, min_open=True),
+        metavar="N",
+        help="Most requests per second (a ceiling) [default: none, adapt to 429s].",
+    ),
+    click.option(
+        "--budget",
+        type=click.IntRange(0),
+        metavar="CREDITS",
+        help="Credit cap for the batch's net spend [default: the job file's budget].",
+    ),
+    click.option(
+        "--out",
+        "out_dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        metavar="DIR",
+        help="Folder for images and the manifest [default: out/<batch name>/].",
+    ),
+    click.option("--no-wait", is_flag=True, help="Submit only; do not follow renders."),
+    click.option("--no-download", is_flag=True, help="Follow renders but save no images."),
+    click.option(
+        "--resend-unconfirmed",
+        is_flag=True,
+        help="Re-send items in doubt (sent, answer lost): they may be charged twice.",
+    ),
+    click.option(
+        "--retry-failed",
+        is_flag=True,
+        help="Also retry items the API refused with a 4xx other than 429.",
+    ),
+    click.option(
+        "--render-retries",
+        type=click.IntRange(0, 10),
+        default=DEFAULT_RENDER_RETRIES,
+        show_default=True,
+        help="Re-create a render that failed (and was refunded) this many times.",
+    ),
+    click.option(
+        "--no-preflight",
+        is_flag=True,
+        help="Skip the account check (balance and tier) before sending.",
+    ),
+    db_option,
+    catalog_option,
+    base_url_option,
+)

@@ -1,0 +1,179 @@
+"""The ledger schema, as SQLAlchemy typed ORM models.
+
+Only batcher/ledger/ touches these; the rest of the program gets value
+objects from `batcher.ledger.store`. Every change to this file needs an Alembic
+revision in migrations/ (a test runs `alembic check` against it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way in and out, on engines with or without time zones."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        value = value.astimezone(UTC)
+        # SQLite has no time zones: store naive UTC so that text comparisons order correctly.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Batch(Base):
+    """One named batch: everything a job file run (and its resumes) asked for."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    job_path: Mapped[str | None] = mapped_column(Text)
+    job_hash: Mapped[str | None] = mapped_column(String(64))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    budget: Mapped[int | None] = mapped_column(BigInteger)
+    # Kept in step with credit_events and items.credits_reserved in the same
+    # transactions, so a budget check is one row lock instead of a sum.
+    credits_net: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Ceilings shared by every worker of the batch (several processes or machines).
+    shared_rate: Mapped[float | None] = mapped_column(Float)
+    shared_concurrency: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class Item(Base):
+    """One prompt of a batch and everything that happened to it."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "key"),
+        # The feeder's query: the next items of a state, in job order.
+        Index("ix_items_batch_state_ordinal", "batch_id", "state", "ordinal"),
+        CheckConstraint(
+            "state IN ('pending', 'sending', 'unconfirmed', 'submitted', 'complete', 'failed')",
+            name="state",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(100))
+    resolution: Mapped[str | None] = mapped_column(String(20))
+    aspect_ratio: Mapped[str] = mapped_column(String(20))
+    tool: Mapped[str] = mapped_column(String(100))
+    image_count: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(Text)  # the job's own name for the item, if any
+    project_name: Mapped[str] = mapped_column(Text)  # the `name` sent with the create
+    source_path: Mapped[str | None] = mapped_column(Text)
+    source_line: Mapped[int | None] = mapped_column(Integer)
+    estimate: Mapped[int] = mapped_column(BigInteger)
+    estimate_exact: Mapped[bool] = mapped_column(Boolean)
+
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    failure: Mapped[str | None] = mapped_column(String(16))  # why a failed item failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # creates sent
+    render_failures: Mapped[int] = mapped_column(Integer, default=0)
+    project_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    credits_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_status: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    files: Mapped[list[str] | None] = mapped_column(JSON)
+
+    worker_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[datetime | None]
+
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    submitted_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class CreditEvent(Base):
+    """Append-only: one row per charge and per refund. Reports are sums of these."""
+
+    __tablename__ = "credit_events"
+    __table_args__ = (
+        # A project is charged once and refunded at most once, whoever records it.
+        UniqueConstraint("kind", "project_id"),
+        CheckConstraint("kind IN ('charge', 'refund')", name="kind"),
+        CheckConstraint("credits >= 0", name="credits"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    credits: Mapped[int] = mapped_column(BigInteger)
+    project_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Worker(Base):
+    """A process working on a batch; its heartbeat keeps its item leases alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(BigInteger)  # tells a reused pid apart
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

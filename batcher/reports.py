@@ -1,0 +1,121 @@
+"""Reports over the ledger: plain values built from its rows, and their JSON shapes.
+
+Credits in every report are sums of the append-only credit rows, never of
+cached counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from batcher.errors import ConfigError
+from batcher.ledger.models import utcnow
+from batcher.ledger.store import STATES, Ledger
+from batcher.workers import LEASE_S
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    id: int
+    name: str
+    items: int
+    states: dict[str, int]
+    credits_charged: int
+    credits_refunded: int
+    budget: int | None
+    stale_leases: int
+
+    @property
+    def credits_net(self) -> int:
+        return self.credits_charged - self.credits_refunded
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    batch: str
+    id: str
+    host: str
+    pid: int
+    in_flight: int
+    heartbeat_age: float  # seconds since the last heartbeat
+    stale: bool  # silent for longer than a lease: probably dead
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    batches: tuple[BatchStatus, ...]
+    workers: tuple[WorkerView, ...]
+
+
+def status_report(
+    ledger: Ledger, batch_name: str | None = None, *, now: datetime | None = None
+) -> StatusReport:
+    summaries = ledger.batch_summaries(batch_name)
+    if batch_name is not None and not summaries:
+        raise ConfigError(f"no batch named {batch_name!r} in the ledger")
+    stale = ledger.stale_leases([s.id for s in summaries])
+    names = {s.id: s.name for s in summaries}
+    now = now or utcnow()
+    workers = tuple(
+        WorkerView(
+            batch=names[w.batch_id],
+            id=w.id,
+            host=w.host,
+            pid=w.pid,
+            in_flight=w.in_flight,
+            heartbeat_age=(now - w.heartbeat_at).total_seconds(),
+            stale=(now - w.heartbeat_at).total_seconds() > LEASE_S,
+        )
+        for w in ledger.workers(live_only=True)
+        if w.batch_id in names
+    )
+    return StatusReport(
+        batches=tuple(
+            BatchStatus(
+                id=s.id,
+                name=s.name,
+                items=s.items,
+                states={state: s.states.get(state, 0) for state in STATES},
+                credits_charged=s.credits_charged,
+                credits_refunded=s.credits_refunded,
+                budget=s.budget,
+                stale_leases=stale.get(s.id, 0),
+            )
+            for s in summaries
+        ),
+        workers=workers,
+    )
+
+
+def status_json(report: StatusReport) -> dict[str, Any]:
+    """`status --json`: the shape DESIGN.md documents, plus budget and workers."""
+    return {
+        "batches": [
+            {
+                "name": b.name,
+                "id": b.id,
+                "items": b.items,
+                "states": b.states,
+                "credits_charged": b.credits_charged,
+                "credits_refunded": b.credits_refunded,
+                "credits_net": b.credits_net,
+                "budget": b.budget,
+                "stale_leases": b.stale_leases,
+                "workers": [
+                    {
+                        "id": w.id,
+                        "host": w.host,
+                        "pid": w.pid,
+                        "in_flight": w.in_flight,
+                        "heartbeat_age_s": round(w.heartbeat_age, 1),
+                        "stale": w.stale,
+                    }
+                    for w in report.workers
+                    if w.batch == b.name
+                ],
+            }
+            for b in report.batches
+        ]
+    }

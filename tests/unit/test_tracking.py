@@ -1,0 +1,100 @@
+"""Poll timing and the render gate, as pure logic."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+
+from batcher.tracking import FIRST_POLL_S, MAX_STEP_S, PollPlanner, RenderGate
+
+
+def test_without_samples_polls_like_the_sdk_then_backs_off() -> None:
+    planner = PollPlanner()
+    assert planner.next_delay(0.0, 0) == pytest.approx(FIRST_POLL_S)
+    delays = [planner.next_delay(1.0 + i, i + 1) for i in range(30)]
+    assert delays[0] == pytest.approx(0.5)
+    assert delays == sorted(delays)
+    assert max(delays) <= MAX_STEP_S
+
+
+def _simulate(planner: PollPlanner, renders: list[float]) -> tuple[float, float]:
+    """Average polls per render and average wait between finish and first look."""
+    polls = 0
+    lag = 0.0
+    for duration in renders:
+        age, count, last_pending = 0.0, 0, 0.0
+        while True:
+            age += planner.next_delay(age, count)
+            count += 1
+            if age >= duration:
+                break
+            last_pending = age
+        planner.observe(age, last_pending)
+        polls += count
+        lag += age - duration
+    return polls / len(renders), lag / len(renders)
+
+
+def test_learned_schedule_keeps_polls_low_and_finds_renders_quickly() -> None:
+    rng = random.Random(7)
+    renders = [2.0 * (1 + rng.uniform(-0.2, 0.2)) for _ in range(500)]
+    polls, lag = _simulate(PollPlanner(), renders)
+    assert polls <= 3.0
+    # Renders spread over 0.8 s; finished ones should wait a small part of that.
+    assert lag <= 0.2
+
+
+def test_slow_renders_do_not_cost_many_polls() -> None:
+    rng = random.Random(3)
+    renders = [rng.uniform(20, 40) for _ in range(200)]
+    polls, _ = _simulate(PollPlanner(), renders)
+    assert polls <= 4.0
+
+
+async def test_gate_learns_the_cap_from_a_429_and_waits_for_a_render() -> None:
+    gate = RenderGate()
+    for _ in range(3):
+        await gate.acquire()
+        gate.created()
+    await gate.acquire()
+    assert gate.throttled() is True
+    assert gate.cap == 3
+    waited = anyio.Event()
+
+    async def next_create() -> None:
+        await gate.acquire()
+        waited.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(next_create)
+        await anyio.wait_all_tasks_blocked()
+        assert not waited.is_set()
+        gate.finished()
+        await waited.wait()
+
+
+async def test_gate_does_not_explain_a_429_with_nothing_rendering() -> None:
+    gate = RenderGate()
+    await gate.acquire()
+    assert gate.throttled() is False
+    assert gate.cap is None
+
+
+async def test_gate_probes_beyond_the_cap_once_per_generation() -> None:
+    gate = RenderGate()
+    await gate.acquire()
+    gate.created()
+    await gate.acquire()
+    gate.throttled()
+    assert gate.cap == 1
+    # One render finishes and the next create is accepted: that is one generation.
+    gate.finished()
+    await gate.acquire()
+    gate.created()
+    # Now at the cap with a full generation of successes: one probe is allowed.
+    with anyio.fail_after(1):
+        await gate.acquire()
+    gate.created()
+    assert gate.cap == 2
