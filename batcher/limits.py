@@ -205,6 +205,28 @@ class AdaptiveLimiter:
             rate=self._rate,
         )
 
+    def set_ceilings(self, ceiling: int, rate: float | None) -> None:
+        """Move the ceilings while running: a worker's share of a batch's shared
+        limits changes as workers join and leave. A limit that was at its old
+        ceiling follows the new one; one cut by 429s stays cut."""
+        ceiling = max(1, ceiling)
+        if ceiling != self._ceiling:
+            at_ceiling = self._limit >= self._ceiling
+            self._ceiling = ceiling
+            self._limit = ceiling if at_ceiling else min(self._limit, ceiling)
+            self._wake()
+        if rate != self._rate:
+            if rate is not None and not (rate > 0 and math.isfinite(rate)):
+                raise ValueError("rate must be a positive number of requests per second")
+            self._rate = rate
+            if rate is None:
+                self._interval = 0.0
+                self._tolerance = 0.0
+            else:
+                depth = max(1.0, min(BURST_MAX, rate, float(ceiling)))
+                self._interval = 1.0 / rate
+                self._tolerance = (depth - 1.0) * self._interval
+
     # ----------------------------------------------------------------- use
 
     def slot(self) -> _Slot:

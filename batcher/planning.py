@@ -174,7 +174,9 @@ def budget_line(plan: Plan) -> Text:
     if plan.estimate_is_lower_bound:
         return Text(
             f"budget: {plan.budget:,} credits; the estimate is at least {credits:,} "
-            "(a lower bound: the real cost can be higher)"
+            "(a lower bound: the real cost can be higher). To hold the budget anyway, "
+            "the first item of each lower-bound kind is sent alone and the rest "
+            "reserve what it was really charged."
         )
     return Text(f"budget: {plan.budget:,} credits; the estimate ({credits:,}) fits")
 

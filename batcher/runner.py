@@ -76,6 +76,8 @@ CREATE_ATTEMPTS = 6
 THROTTLED_ATTEMPTS = 30
 # This many creates in a row that could not even connect: the API is unreachable.
 UNREACHABLE_AFTER = 3
+# How often a worker re-reads the batch's shared ceilings and counts its peers.
+SHARE_REFRESH_S = 2.0
 # Expired download URLs: fetch fresh ones this many times before giving up.
 DOWNLOAD_ROUNDS = 3
 FINISHED = frozenset({"complete", "error", "canceled"})
@@ -292,6 +294,7 @@ class BatchRun:
             async with anyio.create_task_group() as services:
                 services.start_soon(self.writer.serve)
                 services.start_soon(self._heartbeat)
+                services.start_soon(self._share_limits)
                 try:
                     await self._work()
                 finally:
@@ -373,6 +376,28 @@ class BatchRun:
                 )
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
+
+    async def _share_limits(self) -> None:
+        """Keep this worker to its share of the batch's shared ceilings, if any:
+        N workers split them instead of multiplying them."""
+        own_ceiling, own_rate = self.limiter.ceiling, self.limiter.rate
+        while True:
+            batch = await self._thread(self.ledger.get_batch_by_id, self.batch.id)
+            if batch.shared_concurrency is not None or batch.shared_rate is not None:
+                workers = max(
+                    1,
+                    await self._thread(
+                        self.ledger.live_worker_count, self.batch.id, self.options.lease_s
+                    ),
+                )
+                ceiling, rate = own_ceiling, own_rate
+                if batch.shared_concurrency is not None:
+                    ceiling = min(ceiling, max(1, batch.shared_concurrency // workers))
+                if batch.shared_rate is not None:
+                    share = batch.shared_rate / workers
+                    rate = share if rate is None else min(rate, share)
+                self.limiter.set_ceilings(ceiling, rate)
+            await anyio.sleep(SHARE_REFRESH_S)
 
     def _lease_until(self) -> Any:
         return utcnow() + timedelta(seconds=self.options.lease_s)

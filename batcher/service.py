@@ -190,12 +190,20 @@ async def preflight(
 def new_run(
     ledger: Ledger, client: MagicHourClient, batch: BatchRecord, options: RunOptions
 ) -> BatchRun:
-    """A worker for `batch`, with the shared per-batch ceilings applied if set."""
-    concurrency = options.concurrency
-    rate = options.rate
-    if batch.shared_concurrency is not None:
-        concurrency = min(concurrency, batch.shared_concurrency)
-    if batch.shared_rate is not None:
-        rate = batch.shared_rate if rate is None else min(rate, batch.shared_rate)
-    limiter = AdaptiveLimiter(concurrency, rate=rate)
+    """A worker for `batch`. Its ceilings are its own flags, lowered while it runs
+    to its share of the batch's shared ceilings when those are set."""
+    limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)
     return BatchRun(ledger, client, batch, options, limiter=limiter)
+
+
+def set_shared_limits(
+    ledger: Ledger, batch: BatchRecord, *, rate: float | None, concurrency: int | None
+) -> BatchRecord:
+    """Store ceilings that every worker of the batch shares (given ones replace the
+    stored ones; 0 clears one)."""
+    if rate is None and concurrency is None:
+        return batch
+    new_rate = batch.shared_rate if rate is None else (rate or None)
+    new_concurrency = batch.shared_concurrency if concurrency is None else (concurrency or None)
+    ledger.set_shared_limits(batch.id, rate=new_rate, concurrency=new_concurrency)
+    return ledger.get_batch_by_id(batch.id)

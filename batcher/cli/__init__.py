@@ -4,6 +4,7 @@ errors to messages and exit codes. Every command lives in a module of its own.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -18,8 +19,40 @@ log = logging.getLogger(__name__)
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# Command name -> the module that defines it. Modules load only when their
+# command runs (or `--help` lists them), so `batcher validate` does not pay
+# for SQLAlchemy, httpx and uvicorn at start-up.
+COMMAND_MODULES: dict[str, str] = {
+    "run": "runs",
+    "resume": "runs",
+    "status": "ledger",
+    "audit": "credits",
+    "validate": "jobs",
+    "plan": "jobs",
+    "sandbox": "sandbox",
+    "db": "ledger",
+    "account": "credits",
+    "reconcile": "credits",
+    "worker": "runs",
+}
+
+
 class BatcherGroup(click.Group):
-    """Maps library errors to a message on stderr and the documented exit code."""
+    """Loads commands lazily, and maps library errors to a message on stderr and
+    the documented exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f"batcher.cli.{module_name}")
+        for command in module.COMMANDS:
+            if command.name == cmd_name:
+                return command  # type: ignore[no-any-return]
+        raise LookupError(f"batcher.cli.{module_name} does not define {cmd_name!r}")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -69,15 +102,5 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     ctx.meta["batcher.quiet"] = quiet
     output.configure_logging(debug=debug, quiet=quiet)
 
-
-def _register() -> None:
-    from batcher.cli import credits, jobs, ledger, runs, sandbox
-
-    for module in (jobs, runs, ledger, credits, sandbox):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()
 
 __all__ = ["EXIT_INPUT", "main"]

@@ -95,6 +95,20 @@ run_options = _stack(
         help="Re-create a render that failed (and was refunded) this many times.",
     ),
     click.option(
+        "--batch-concurrency",
+        type=click.IntRange(0),
+        metavar="N",
+        help="Requests in flight for the whole batch, shared by all its workers "
+        "(stored in the ledger; 0 clears it).",
+    ),
+    click.option(
+        "--batch-rate",
+        type=click.FloatRange(0),
+        metavar="N",
+        help="Requests per second for the whole batch, shared by all its workers "
+        "(stored in the ledger; 0 clears it).",
+    ),
+    click.option(
         "--no-preflight",
         is_flag=True,
         help="Skip the account check (balance and tier) before sending.",

@@ -36,6 +36,8 @@ class _Flags:
     resend_unconfirmed: bool
     retry_failed: bool
     render_retries: int
+    batch_concurrency: int | None
+    batch_rate: float | None
     no_preflight: bool
     db_url: str | None
     catalog_path: Path | None
@@ -95,6 +97,9 @@ async def _drive(
     quiet: bool,
 ) -> RunResult:
     options = flags.options()
+    batch = service.set_shared_limits(
+        ledger, batch, rate=flags.batch_rate, concurrency=flags.batch_concurrency
+    )
     async with MagicHourClient(api, concurrency=options.concurrency) as client:
         if not flags.no_preflight:
             report = await service.preflight(client, ledger, batch, catalog)

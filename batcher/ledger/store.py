@@ -21,7 +21,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -542,6 +542,21 @@ class Ledger:
                     ITEMS.c.state.in_(("pending", "sending", "submitted")),
                 )
                 .values(lease_expires_at=lease_until)
+            )
+
+    def live_worker_count(self, batch_id: int, lease_s: float) -> int:
+        """Workers of the batch that have not stopped and beat within a lease."""
+        since = utcnow() - timedelta(seconds=lease_s)
+        with self._tx() as conn:
+            return int(
+                conn.scalar(
+                    select(func.count()).where(
+                        WORKERS.c.batch_id == batch_id,
+                        WORKERS.c.stopped_at.is_(None),
+                        WORKERS.c.heartbeat_at >= since,
+                    )
+                )
+                or 0
             )
 
     def stop_worker(self, worker_id: str) -> None:

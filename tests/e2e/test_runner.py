@@ -235,3 +235,37 @@ def test_manifest_and_files_never_collide_for_identical_prompts(
     batch = make_batch(["same words"] * 3)
     assert batch.run().succeeded
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
+
+
+def test_workers_split_the_batchs_shared_ceilings(make_batch: MakeBatch) -> None:
+    import anyio
+
+    from batcher import service
+    from batcher.api import MagicHourClient
+    from batcher.catalog import load_catalog
+    from batcher.config import ApiConfig
+    from batcher.runner import RunOptions
+    from batcher.workers import new_worker
+
+    batch = make_batch(prompts(6))
+    catalog = load_catalog()
+    with batch.ledger() as ledger:
+        [spec] = service.load_jobs([batch.job], catalog)
+        prepared = service.prepare_batch(
+            ledger, spec, catalog, budget=None, retry_failed=False, resend_unconfirmed=False
+        )
+        record = service.set_shared_limits(ledger, prepared.batch, rate=8.0, concurrency=6)
+        ledger.register_worker(new_worker(record.id))  # a peer, alive right now
+
+        async def go() -> tuple[int, float | None]:
+            api = ApiConfig(batch.sandbox.base_url, batch.sandbox.key)
+            async with MagicHourClient(api, concurrency=16) as client:
+                run = service.new_run(
+                    ledger, client, record, RunOptions(concurrency=16, out_dir=batch.tmp / "o")
+                )
+                result = await run.run()
+                assert result.succeeded
+                return run.limiter.ceiling, run.limiter.rate
+
+        ceiling, rate = anyio.run(go)
+    assert (ceiling, rate) == (3, 4.0)

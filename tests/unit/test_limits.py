@@ -260,3 +260,14 @@ async def test_rate_cap_holds_across_concurrent_tasks_in_real_time() -> None:
 def test_bad_settings(ceiling: int, kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         AdaptiveLimiter(ceiling, **kwargs)  # type: ignore[arg-type]
+
+
+def test_ceilings_move_with_a_share_of_shared_limits() -> None:
+    limiter = AdaptiveLimiter(8, rate=10.0)
+    limiter.set_ceilings(4, 5.0)
+    assert (limiter.ceiling, limiter.limit, limiter.rate) == (4, 4, 5.0)
+    limiter.set_ceilings(8, None)
+    assert (limiter.ceiling, limiter.limit, limiter.rate) == (8, 8, None)
+    limiter.on_throttle()
+    limiter.set_ceilings(16, None)
+    assert limiter.limit == 4, "a limit cut by 429s stays cut"
