@@ -5,6 +5,7 @@
     │   ├── JobFileError              one or more problems in job files (FILE:LINE: field: msg)
     │   ├── CatalogError              the model catalog file is unusable
     │   ├── ConfigError               a setting is missing or wrong (no API key, bad URL...)
+    │   │   └── LedgerMissingError    a reading command was pointed at no ledger
     │   └── PreflightError            the account cannot pay for or is not allowed the run
     ├── ApiError                      the API answered with a non-2xx status
     │   ├── AuthError                 401: the key was rejected (exit 2)
@@ -78,6 +79,10 @@ class CatalogError(InputError):
 
 class ConfigError(InputError):
     """A setting is missing or invalid."""
+
+
+class LedgerMissingError(ConfigError):
+    """A command that only reads the ledger was pointed at a SQLite file that does not exist."""
 
 
 class PreflightError(InputError):

@@ -51,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - PyYAML built without libyaml: slower, same results
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
-__all__ = ["CSV_COLUMNS", "JobSpec", "load_job"]
+__all__ = ["CSV_COLUMNS", "JobSpec", "collect_jobs", "load_job"]
 
 SETTING_FIELDS: Final = ("model", "resolution", "aspect_ratio", "tool", "image_count")
 # Deprecated request fields and the setting each one stands for.
@@ -214,6 +214,23 @@ def load_job(
         item_count=builder.count,
         _sources=tuple(builder.sources),
     )
+
+
+def collect_jobs(
+    paths: Sequence[str | Path],
+    catalog: Catalog,
+    *,
+    batch_name: str | None = None,
+) -> tuple[list[JobSpec], list[Problem]]:
+    """Every job file that loads, and every problem of those that do not."""
+    jobs: list[JobSpec] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            jobs.append(load_job(path, catalog, batch_name=batch_name))
+        except JobFileError as exc:
+            problems.extend(exc.problems)
+    return jobs, problems
 
 
 # ---------------------------------------------------------------------------

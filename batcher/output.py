@@ -53,3 +53,6 @@ def configure_logging(*, debug: bool, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # --quiet drops the progress bar, not the news: a run still reports its
+    # progress as a plain line every few seconds.
+    logging.getLogger("batcher.progress").setLevel(logging.DEBUG if debug else logging.INFO)

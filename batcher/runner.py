@@ -230,7 +230,8 @@ class BatchRun:
         self._reserved_in_flight = 0
         self._settled = anyio.Event()
         self._observed: dict[tuple[str, str | None, int], int] = {}
-        self._probes: dict[tuple[str, str | None, int], anyio.Event] = {}
+        # Per kind of item under a budget: the item sent first, and who waits for it.
+        self._probes: dict[tuple[str, str | None, int], tuple[int, anyio.Event]] = {}
         self._connect_failures = 0
         self._schedule: list[tuple[float, int, _Tracked]] = []
         self._schedule_seq = 0
@@ -407,16 +408,8 @@ class BatchRun:
     async def _adopt_submitted(self, *, first_pass: bool) -> int:
         """Claim renders created earlier (by a previous run or a dead worker) and follow them."""
         adopted = 0
-        page = self._page_size()
         while True:
-            items = await self._thread(
-                self.ledger.claim,
-                self.batch.id,
-                self.worker.id,
-                states=["submitted"],
-                limit=page,
-                lease_until=self._lease_until(),
-            )
+            items = await self._claim("submitted")
             if not items:
                 break
             charges = await self._thread(
@@ -444,21 +437,22 @@ class BatchRun:
             self._first_polls_done.set()
         return adopted
 
-    def _page_size(self) -> int:
-        return self.options.claim_page or max(16, 2 * self.options.concurrency)
+    async def _claim(self, state: str) -> list[ItemRecord]:
+        """The next page of unclaimed items in `state`, now held by this worker."""
+        items: list[ItemRecord] = await self._thread(
+            self.ledger.claim,
+            self.batch.id,
+            self.worker.id,
+            states=[state],
+            limit=self.options.claim_page or max(16, 2 * self.options.concurrency),
+            lease_until=self._lease_until(),
+        )
+        return items
 
     async def _feeder(self) -> None:
-        page = self._page_size()
         try:
             while not self._sending_halted:
-                items = await self._thread(
-                    self.ledger.claim,
-                    self.batch.id,
-                    self.worker.id,
-                    states=["pending"],
-                    limit=page,
-                    lease_until=self._lease_until(),
-                )
+                items = await self._claim("pending")
                 if not items:
                     if self.options.wait and await self._adopt_submitted(first_pass=False):
                         continue
@@ -517,19 +511,25 @@ class BatchRun:
         """Under a budget, an estimate that is only a lower bound is not trusted
         for a whole wave of concurrent creates: the first item of its kind goes
         alone, and the others reserve what it was really charged."""
+        if self.batch.budget is None or item.estimate_exact:
+            return
         kind = _kind(item)
-        if self.batch.budget is None or item.estimate_exact or kind in self._observed:
-            return
-        probe = self._probes.get(kind)
-        if probe is None:
-            self._probes[kind] = anyio.Event()  # this item is the probe
-            return
-        await probe.wait()
+        while kind not in self._observed:
+            probe = self._probes.get(kind)
+            if probe is None:
+                self._probes[kind] = (item.id, anyio.Event())  # this item goes first
+                return
+            if probe[0] == item.id:
+                return
+            await probe[1].wait()
 
     def _probe_done(self, item: ItemRecord) -> None:
-        probe = self._probes.pop(_kind(item), None)
-        if probe is not None:
-            probe.set()
+        """The first item of its kind was answered (charged or not): let the others look."""
+        kind = _kind(item)
+        probe = self._probes.get(kind)
+        if probe is not None and probe[0] == item.id:
+            del self._probes[kind]
+            probe[1].set()
 
     async def _send(self, item: ItemRecord) -> None:
         """Create one item's project, retrying only what surely created nothing."""

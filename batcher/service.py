@@ -24,7 +24,7 @@ from batcher.errors import (
     Problem,
     TransportError,
 )
-from batcher.jobfile import JobSpec, load_job
+from batcher.jobfile import JobSpec, collect_jobs
 from batcher.ledger.store import BatchRecord, Ledger, RequeueCounts, SyncResult
 from batcher.limits import AdaptiveLimiter
 from batcher.runner import BatchRun, RunOptions
@@ -38,14 +38,9 @@ PREFLIGHT_LISTED = 10  # items named in a tier refusal; the rest are counted
 def load_jobs(
     paths: Sequence[str | Path], catalog: Catalog, *, batch_name: str | None = None
 ) -> list[JobSpec]:
-    """Validate every job file; raise one JobFileError with every problem of every file."""
-    jobs: list[JobSpec] = []
-    problems: list[Problem] = []
-    for path in paths:
-        try:
-            jobs.append(load_job(path, catalog, batch_name=batch_name))
-        except JobFileError as exc:
-            problems.extend(exc.problems)
+    """Validate every job file; raise one JobFileError with every problem of every file,
+    including two files that name the same batch."""
+    jobs, problems = collect_jobs(paths, catalog, batch_name=batch_name)
     names = Counter(job.name for job in jobs)
     for job in jobs:
         if names[job.name] > 1:

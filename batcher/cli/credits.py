@@ -20,7 +20,7 @@ from batcher.cli.options import base_url_option, db_option
 from batcher.config import DEFAULT_CONCURRENCY, ApiConfig, database_url
 from batcher.errors import EXIT_FAILURE, EXIT_OK, BatcherError
 from batcher.ledger.audit_queries import GROUP_KEYS
-from batcher.ledger.store import Ledger
+from batcher.ledger.store import Ledger, display_url
 from batcher.reconcile import ReconcileReport, excerpt, reconcile, reconcile_json
 
 
@@ -120,7 +120,11 @@ def audit_command(
         # Before any work: a missing extra or a bad suffix is bad input (exit 2).
         audit.check_chart_path(chart_path)
         audit.require_matplotlib()
-    with Ledger.open(database_url(db_url), create=False) as ledger:
+    url = database_url(db_url)
+    ledger, found = Ledger.open_for_report(url)
+    if not found:
+        output.warning(f"no ledger at {display_url(url)} yet: nothing has run with it")
+    with ledger:
         report = audit.build_audit(ledger, query, chart=chart_path is not None)
     if report.chart is not None and chart_path is not None:
         # First: a chart that cannot be written fails the command before any result

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import click
 
 from batcher import output
-from batcher.catalog import CATALOG_ENV, Catalog, load_catalog
-from batcher.errors import EXIT_INPUT, JobFileError, Problem
-from batcher.jobfile import JobSpec, load_job
+from batcher.catalog import CATALOG_ENV, load_catalog
+from batcher.errors import EXIT_INPUT, Problem
+from batcher.jobfile import JobSpec, collect_jobs
 from batcher.planning import build_plan, plan_document, render_plans
 
 catalog_option = click.option(
@@ -24,20 +24,6 @@ catalog_option = click.option(
 job_files_argument = click.argument(
     "job_files", metavar="JOB.yaml...", nargs=-1, required=True, type=click.Path()
 )
-
-
-def _load_all(
-    paths: Sequence[str], catalog: Catalog, batch_name: str | None = None
-) -> tuple[list[JobSpec], list[Problem]]:
-    """Every job that loads, and every problem of those that do not."""
-    jobs: list[JobSpec] = []
-    problems: list[Problem] = []
-    for path in paths:
-        try:
-            jobs.append(load_job(path, catalog, batch_name=batch_name))
-        except JobFileError as exc:
-            problems.extend(exc.problems)
-    return jobs, problems
 
 
 def _report(jobs: Sequence[JobSpec], problems: Sequence[Problem], total: int) -> None:
@@ -66,7 +52,7 @@ def validate(job_files: tuple[str, ...], catalog_path: str | None) -> None:
     file has a problem. Sends nothing and needs no API key.
     """
     catalog = load_catalog(catalog_path)
-    jobs, problems = _load_all(job_files, catalog)
+    jobs, problems = collect_jobs(job_files, catalog)
     for job in jobs:
         prompts = "1 prompt" if job.item_count == 1 else f"{job.item_count} prompts"
         output.result(f"ok: {job.path} ({prompts}, batch {job.name})")
@@ -92,7 +78,7 @@ def plan(
     lowest); the plan marks them. Sends nothing and needs no API key.
     """
     catalog = load_catalog(catalog_path)
-    jobs, problems = _load_all(job_files, catalog, batch_name)
+    jobs, problems = collect_jobs(job_files, catalog, batch_name=batch_name)
     _report(jobs, problems, len(job_files))
     plans = [build_plan(job, catalog) for job in jobs]
     if as_json:

@@ -19,7 +19,11 @@ from batcher.ledger.store import STATES, Ledger, display_url
 @db_option
 def status(batch_name: str | None, as_json: bool, db_url: str | None) -> None:
     """Counts per state and credits so far, per batch (all batches, or BATCH)."""
-    with Ledger.open(database_url(db_url), create=False) as ledger:
+    url = database_url(db_url)
+    ledger, found = Ledger.open_for_report(url)
+    if not found:
+        output.warning(f"no ledger at {display_url(url)} yet: nothing has run with it")
+    with ledger:
         report = reports.status_report(ledger, batch_name)
     if as_json:
         output.result(json.dumps(reports.status_json(report), indent=2))

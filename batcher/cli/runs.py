@@ -260,24 +260,7 @@ def resume(ctx: click.Context, /, batch_name: str, sandbox: bool, **kwargs: obje
     with 429/5xx. Creates refused with another 4xx need --retry-failed; items in
     doubt need --resend-unconfirmed.
     """
-    flags = _flags(**kwargs)
-    quiet = bool(ctx.meta.get("batcher.quiet"))
-    catalog = load_catalog(flags.catalog_path)
-    db_url = database_url(flags.db_url)
-    with Ledger.open(db_url, create=False) as ledger:
-        batch = service.find_batch(ledger, batch_name)
-        with _endpoint(sandbox, flags.base_url) as api:
-            _check_endpoint(ledger, batch, "sandbox" if sandbox else api.base_url)
-            prepared = service.resume_batch(
-                ledger,
-                batch_name,
-                budget=flags.budget,
-                retry_failed=flags.retry_failed,
-                resend_unconfirmed=flags.resend_unconfirmed,
-            )
-            _note_preparation(prepared, db_url)
-            result = anyio.run(_drive, ledger, api, prepared.batch, catalog, flags, quiet)
-    sys.exit(_report(result, db_url, quiet=quiet))
+    _serve_existing(ctx, batch_name, _flags(**kwargs), sandbox=sandbox, requeue=True)
 
 
 @click.command()
@@ -291,14 +274,33 @@ def worker(ctx: click.Context, /, batch_name: str, **kwargs: object) -> None:
     of machines, can serve one batch; a worker that dies leaves its items to the
     others once its lease expires (items it was sending become in doubt).
     """
-    flags = _flags(**kwargs)
+    _serve_existing(ctx, batch_name, _flags(**kwargs), sandbox=False, requeue=False)
+
+
+def _serve_existing(
+    ctx: click.Context, batch_name: str, flags: _Flags, *, sandbox: bool, requeue: bool
+) -> None:
+    """`resume` (requeue what is retryable first) or `worker` (join as things are)."""
     quiet = bool(ctx.meta.get("batcher.quiet"))
     catalog = load_catalog(flags.catalog_path)
     db_url = database_url(flags.db_url)
     with Ledger.open(db_url, create=False) as ledger:
         batch = service.find_batch(ledger, batch_name)
-        with _endpoint(False, flags.base_url) as api:
-            _check_endpoint(ledger, batch, api.base_url)
+        with _endpoint(sandbox, flags.base_url) as api:
+            _check_endpoint(ledger, batch, "sandbox" if sandbox else api.base_url)
+            if requeue:
+                prepared = service.resume_batch(
+                    ledger,
+                    batch_name,
+                    budget=flags.budget,
+                    retry_failed=flags.retry_failed,
+                    resend_unconfirmed=flags.resend_unconfirmed,
+                )
+                _note_preparation(prepared, db_url)
+                batch = prepared.batch
+            elif flags.budget is not None:
+                ledger.set_budget(batch.id, flags.budget)
+                batch = ledger.get_batch_by_id(batch.id)
             result = anyio.run(_drive, ledger, api, batch, catalog, flags, quiet)
     sys.exit(_report(result, db_url, quiet=quiet))
 

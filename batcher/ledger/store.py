@@ -48,7 +48,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from batcher.errors import ConfigError, LedgerError
+from batcher.errors import ConfigError, LedgerError, LedgerMissingError
 from batcher.ledger import migrate
 from batcher.ledger.models import Batch, CreditEvent, Item, Worker, utcnow
 from batcher.spec import ItemSettings, JobItem
@@ -308,7 +308,7 @@ def _require_existing_sqlite(url: str) -> None:
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return
     if not Path(database).exists():
-        raise ConfigError(
+        raise LedgerMissingError(
             f"no ledger at {database} (nothing has run with this --db / BATCHER_DATABASE_URL yet)"
         )
 
@@ -352,6 +352,15 @@ class Ledger:
                     f"cannot open the ledger {display_url(url)}: {_db_message(exc)}"
                 ) from None
         return ledger
+
+    @classmethod
+    def open_for_report(cls, url: str) -> tuple[Ledger, bool]:
+        """The ledger at `url` for a report; if its SQLite file does not exist, an
+        empty in-memory one (reports then show nothing) and False."""
+        try:
+            return cls.open(url, create=False), True
+        except LedgerMissingError:
+            return cls.open("sqlite://"), False
 
     def close(self) -> None:
         self.engine.dispose()
