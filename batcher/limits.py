@@ -233,6 +233,19 @@ class AdaptiveLimiter:
         """`async with limiter.slot():` around one request."""
         return self._slot
 
+    async def acquire(self) -> None:
+        """Take a slot without a context manager (pair with `release`), for callers
+        that must do work between taking it and the request."""
+        await self._enter()
+
+    def release(self) -> None:
+        self._release()
+
+    async def ready(self) -> None:
+        """Wait out any throttle pause, taking nothing: a caller that must prepare
+        before `acquire` (write an intent) does not prepare during a pause."""
+        await self._wait_pause()
+
     def on_success(self) -> None:
         """A request succeeded: reset the backoff, grow the limit by 1 per `limit` successes."""
         self._consecutive = 0

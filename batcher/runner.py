@@ -76,6 +76,12 @@ CREATE_ATTEMPTS = 6
 THROTTLED_ATTEMPTS = 30
 # This many creates in a row that could not even connect: the API is unreachable.
 UNREACHABLE_AFTER = 3
+# Items claimed per query: large pages make claims cheap per item, small ones
+# leave more for other workers; a worker holds about this many unsent items.
+CLAIM_PAGE_MAX = 256
+# Sender tasks per request slot (--concurrency): a sender spends part of each
+# item committing its outcome after giving its slot back.
+SENDERS_PER_SLOT = 1.5
 # How often a worker re-reads the batch's shared ceilings and counts its peers.
 SHARE_REFRESH_S = 2.0
 # Expired download URLs: fetch fresh ones this many times before giving up.
@@ -90,8 +96,16 @@ STOP_INTERRUPTED = "interrupted"
 STOP_AUTH = "auth"
 
 
+_BEGUN = object()  # the intent is written; the request is next
 _SETTLED = object()  # the attempt ended the item's sending for this run
 _NO_BUDGET = object()  # nothing sent: the reservation did not fit
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """What a create came back with: the project, or the error."""
+
+    answer: CreatedProject | ApiError | TransportError
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,9 @@ class RunOptions:
     claim_page: int = 0  # 0: twice the concurrency
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
+    # Poll every known render before sending (resume's promise). A worker joining
+    # a --no-wait batch skips it: the renders its peers just submitted are theirs.
+    poll_known_first: bool = True
 
 
 @dataclass
@@ -189,7 +206,7 @@ class _Tracked:
     charged: int | None  # credits charged at create; None when not known here
     created_at: float  # monotonic time the create was accepted
     polls: int = 0
-    last_pending_age: float = 0.0
+    last_pending_age: float | None = None  # seen unfinished this long after its create
     first_poll: bool = False  # resume: counts toward the poll pass before sending
 
 
@@ -339,11 +356,14 @@ class BatchRun:
                 tasks.start_soon(self._scheduler)
                 for _ in range(max(4, self.options.concurrency)):
                     tasks.start_soon(self._poller)
-                for _ in range(self.options.concurrency):
+                # More senders than request slots: while some commit an outcome,
+                # others already hold the slots.
+                for _ in range(math.ceil(self.options.concurrency * SENDERS_PER_SLOT)):
                     tasks.start_soon(self._sender)
                 # Known projects first: fresh state and download URLs before anything new.
-                await self._adopt_submitted(first_pass=True)
-                await self._first_polls_done.wait()
+                if self.options.poll_known_first:
+                    await self._adopt_submitted(first_pass=True)
+                    await self._first_polls_done.wait()
                 tasks.start_soon(self._feeder)
                 await self._idle.wait()
                 tasks.cancel_scope.cancel()
@@ -444,7 +464,8 @@ class BatchRun:
             self.batch.id,
             self.worker.id,
             states=[state],
-            limit=self.options.claim_page or max(16, 2 * self.options.concurrency),
+            limit=self.options.claim_page
+            or min(CLAIM_PAGE_MAX, max(16, 4 * self.options.concurrency)),
             lease_until=self._lease_until(),
         )
         return items
@@ -543,14 +564,16 @@ class BatchRun:
             await self._await_first_charge(item)
             if self.options.wait:
                 await self.gate.acquire()
-            async with self.limiter.slot():
-                reserve = self._reservation(item)
-                with anyio.CancelScope(shield=True) as shield:
-                    self._shields.add(shield)
-                    try:
-                        outcome = await self._attempt(item, body, reserve)
-                    finally:
-                        self._shields.discard(shield)
+            # Intent, then a request slot, then the request: the slot covers only
+            # the request (`--concurrency` counts requests in flight), and there
+            # are more senders than slots, so commits overlap other requests.
+            # No await stands between the request's answer and the shielded
+            # block that records it.
+            await self.limiter.ready()
+            reserve = self._reservation(item)
+            outcome = await self._begin(item, reserve)
+            if outcome is _BEGUN:
+                outcome = await self._send_begun(item, body, reserve)
             self._probe_done(item)
             if outcome is _SETTLED:
                 return
@@ -582,13 +605,13 @@ class BatchRun:
             if not isinstance(outcome.error, ApiError) or outcome.error.status != 429:
                 await anyio.sleep(retry.create_wait(failures, outcome.error))
 
-    async def _attempt(
-        self, item: ItemRecord, body: Mapping[str, Any], reserve: int
-    ) -> _Retry | object:
-        """One create, shielded from cancellation except by `abort()`: intent,
-        request, outcome. Returns _SETTLED, _NO_BUDGET or a _Retry."""
+    async def _begin(self, item: ItemRecord, reserve: int) -> object:
+        """Write the intent. _BEGUN, or _NO_BUDGET (nothing written), or _SETTLED
+        (the item is no longer ours)."""
         accepted = await self.writer.apply(
-            BeginSend(item.id, item.batch_id, self.worker.id, reserve)
+            BeginSend(
+                item.id, item.batch_id, self.worker.id, reserve, self.batch.budget is not None
+            )
         )
         if accepted is None:
             # The lease lapsed and another worker took the item: it sends it, not us.
@@ -599,10 +622,47 @@ class BatchRun:
         if not accepted:
             return _NO_BUDGET
         self._reserved_in_flight += reserve
+        return _BEGUN
+
+    async def _send_begun(
+        self, item: ItemRecord, body: Mapping[str, Any], reserve: int
+    ) -> _Retry | object:
+        """Take a request slot, send, record the answer.
+
+        The slot covers only the request (`--concurrency` counts requests in
+        flight), and there are more senders than slots, so commits overlap
+        other requests. Waiting for the slot is not sending: a stop then puts
+        the item back. Once the request is out, only `abort()` can cut it short
+        (it is then in doubt); no await stands between its answer and the
+        shielded block that records it.
+        """
+        try:
+            await self.limiter.acquire()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._settle_send(SendFailed(item.id, item.batch_id, "pending", reserve))
+                self._gate_not_created()
+                self._settle()
+            raise
+        sent: _Sent | None = None
+        with anyio.CancelScope(shield=True) as shield:
+            self._shields.add(shield)
+            try:
+                sent = await self._request(item, body, reserve)
+            finally:
+                self._shields.discard(shield)
+                self.limiter.release()
+        if sent is None:  # aborted: recorded in doubt already
+            return _SETTLED
+        with anyio.CancelScope(shield=True):
+            outcome = await self._record(item, sent, reserve)
+        return outcome
+
+    async def _request(self, item: ItemRecord, body: Mapping[str, Any], reserve: int) -> _Sent:
         self.counters.sent += 1
         self.counters.in_flight += 1
         try:
-            created = await self.client.create_image(body)
+            return _Sent(await self.client.create_image(body))
         except anyio.get_cancelled_exc_class():
             # Aborted mid-request: it may have reached the server.
             await self._settle_send(
@@ -619,11 +679,16 @@ class BatchRun:
             self._settle()
             raise
         except (ApiError, TransportError) as exc:
-            return await self._create_failed(item, exc, reserve)
+            return _Sent(exc)
         finally:
             self.counters.in_flight -= 1
-        await self._created(item, created, reserve)
-        return _SETTLED
+
+    async def _record(self, item: ItemRecord, sent: _Sent, reserve: int) -> _Retry | object:
+        """The outcome of a create, committed."""
+        if isinstance(sent.answer, CreatedProject):
+            await self._created(item, sent.answer, reserve)
+            return _SETTLED
+        return await self._create_failed(item, sent.answer, reserve)
 
     async def _settle_send(self, op: SendFailed | Created) -> None:
         await self.writer.apply(op)

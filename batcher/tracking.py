@@ -42,11 +42,23 @@ class PollPlanner:
         self._schedule: tuple[float, ...] | None = None
         self._spread = EARLY_STEP_S
 
-    def observe(self, not_after: float, not_before: float) -> None:
-        """A render finished after `not_before` s and by `not_after` s from its create."""
+    def observe(self, not_after: float, not_before: float | None) -> None:
+        """A render finished after `not_before` s (None: it was done at its first
+        look) and by `not_after` s from its create."""
+        if not_before is None:
+            # No earlier look: assume it finished within one step before this one,
+            # not at any time since its create, which would drag every estimate down.
+            not_before = not_after - self._step()
         low = max(0.0, min(not_before, not_after))
         self._samples.append((low + not_after) / 2)
         self._schedule = None
+
+    def _step(self) -> float:
+        """The typical gap between planned looks."""
+        schedule = self._poll_ages()
+        if len(schedule) < 2:
+            return EARLY_STEP_S
+        return (schedule[-1] - schedule[0]) / (len(schedule) - 1)
 
     def _poll_ages(self) -> tuple[float, ...]:
         if self._schedule is None:

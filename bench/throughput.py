@@ -33,19 +33,25 @@ How things are measured:
   creates, first to last: (N - 1) / (t_last - t_first). Start-up (imports,
   job parsing, ledger creation) and shut-down are outside that window, for
   batcher and the reference alike. Journal times have millisecond resolution.
-* makespan (3): the batcher process's exit (wall clock, seen by this script)
+* makespan (3): the batcher process's exit (wall clock, seen by the wrapper)
   minus the journal time of the first create. Process start-up (spawn to first
   create) is reported apart and is not in the makespan. The time the last
   render finished on the server (sampled from /_sandbox/stats every 50 ms:
   in_flight back to 0 after the last create) is shown too, so the gap between
-  a render ending and batcher noticing it and exiting is visible.
-* peak memory: ru_maxrss of the batcher child from os.wait4 (that child only).
+  a render ending and batcher noticing it and exiting is visible, and so is
+  the mean share of the sandbox's 16 render slots that were busy.
+* peak memory: ru_maxrss of the batcher child, read by a ~10 MB wrapper
+  interpreter that spawns it and waits for it (see WRAPPER: a child spawned
+  straight from this script would be charged this script's own RSS).
+* the ledger check (1, 2, 4): after the process exits, every project id the
+  sandbox handed out is an item of the SQLite ledger in `submitted` with that
+  id and one charge row, and nothing else is.
 * resume: spawn time to the journal time of its first create; in-process
   figures come from a helper subprocess (this file, ``--resume-probe``) that
   makes the same ledger calls the CLI makes before its first create, on a
   copy of the same ledger, and times each.
 
-    python bench/throughput.py                 # everything, ~9 minutes on 2 cores
+    python bench/throughput.py                 # everything, ~10 minutes on 2 cores
     python bench/throughput.py --quick         # small sizes, one run each: a smoke test
     python bench/throughput.py --only 1,2 --runs 5
     python bench/throughput.py --only 4 --json results.json
@@ -57,6 +63,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -67,7 +74,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -115,8 +122,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
+# How the measured batcher processes are started; --batcher-command replaces it (to
+# measure another checkout's interpreter, or an instrumented wrapper) but never the
+# sandbox, which always runs as `python -m batcher sandbox` from this environment.
+BATCHER_COMMAND: list[str] = [sys.executable, "-m", "batcher"]
+
+
 def batcher_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "batcher", *args]
+    return [*BATCHER_COMMAND, *args]
 
 
 def show(argv: Sequence[str], tmp: Path | None = None) -> str:
@@ -124,7 +137,7 @@ def show(argv: Sequence[str], tmp: Path | None = None) -> str:
     words = list(argv)
     if words and words[0] == sys.executable:
         words[0] = "python"
-    text = shlex.join(words)
+    text = re.sub(r"http://127\.0\.0\.1:\d+", "<sandbox URL>", shlex.join(words))
     if tmp is not None:
         text = text.replace(str(tmp), "<tmp>")
     return text
@@ -135,10 +148,10 @@ class Child:
     """A finished child process, as this script saw it."""
 
     argv: list[str]
-    started: float  # wall clock at spawn
-    ended: float  # wall clock when it was reaped
+    started: float  # wall clock just before the spawn
+    ended: float  # wall clock just after it was reaped
     returncode: int
-    maxrss_mb: float  # peak resident set of that child (ru_maxrss from wait4)
+    maxrss_mb: float  # peak resident set of that child (ru_maxrss, see WRAPPER)
     cpu_s: float  # user + system CPU of that child
     stderr: str
 
@@ -147,36 +160,59 @@ class Child:
         return self.ended - self.started
 
 
+# A child's ru_maxrss is not only its own: Linux charges it the RSS of the process it
+# was forked (vforked) from, up to its exec. Spawned straight from this script, a
+# batcher child would report at least this script's RSS (hundreds of MB once it has
+# read a 100,000-entry journal). So every measured child is started by this tiny
+# wrapper, a fresh interpreter of ~10 MB, which reports its child's rusage and the
+# wall-clock times just before the spawn and just after the reap.
+WRAPPER = """
+import json, os, subprocess, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+started = time.time()
+child = subprocess.Popen(argv)
+_, status, usage = os.wait4(child.pid, 0)
+ended = time.time()
+with open(out, "w") as f:
+    json.dump({"started": started, "ended": ended, "code": os.waitstatus_to_exitcode(status),
+               "maxrss_kb": usage.ru_maxrss, "cpu": usage.ru_utime + usage.ru_stime}, f)
+"""
+
+
 def run_child(
     argv: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None
 ) -> Child:
-    """Run to completion, reaping with wait4 for that child's own rusage."""
-    err_path = cwd / f"stderr-{time.monotonic_ns()}.txt"
+    """Run to completion through WRAPPER; its rusage is that child's alone."""
+    stamp = time.monotonic_ns()
+    err_path = cwd / f"stderr-{stamp}.txt"
+    out_path = cwd / f"rusage-{stamp}.json"
     with err_path.open("w") as err:
-        started = time.time()
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env=env or child_env(), stdout=subprocess.DEVNULL, stderr=err
+        wrapper = subprocess.Popen(
+            [sys.executable, "-S", "-c", WRAPPER, str(out_path), *argv],
+            cwd=cwd,
+            env=env or child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.002)
-        ended = time.time()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            wrapper.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+            wrapper.wait()
+            raise RuntimeError(f"timed out after {timeout:.0f} s: {show(argv)}") from None
+    stderr = err_path.read_text(errors="replace")
+    if not out_path.exists():
+        raise RuntimeError(f"the wrapper failed ({wrapper.returncode}): {stderr[-2000:]}")
+    usage = json.loads(out_path.read_text())
     return Child(
         argv=argv,
-        started=started,
-        ended=ended,
-        returncode=proc.returncode,
-        maxrss_mb=usage.ru_maxrss / 1024,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        stderr=err_path.read_text(errors="replace"),
+        started=usage["started"],
+        ended=usage["ended"],
+        returncode=usage["code"],
+        maxrss_mb=usage["maxrss_kb"] / 1024,
+        cpu_s=usage["cpu"],
+        stderr=stderr,
     )
 
 
@@ -184,7 +220,10 @@ class Sandbox:
     """`batcher sandbox --port 0 ...` in a subprocess; inspection over HTTP."""
 
     def __init__(self, flags: Sequence[str]) -> None:
-        self.argv = batcher_argv("sandbox", "--port", "0", "--credits", "1000000000", *flags)
+        self.argv = [
+            sys.executable, "-m", "batcher", "sandbox", "--port", "0",
+            "--credits", "1000000000", *flags,
+        ]  # fmt: skip
         self.process: subprocess.Popen[str] | None = None
         self.base_url = ""
 
@@ -225,7 +264,9 @@ class Sandbox:
 
 def journal_times(entries: Sequence[dict[str, Any]]) -> list[float]:
     """Accept times of creates, wall clock seconds, sorted."""
-    return sorted(datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() for e in entries)
+    return sorted(
+        datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() for e in entries
+    )
 
 
 def create_rate(times: Sequence[float]) -> float:
@@ -242,7 +283,9 @@ def write_job(folder: Path, name: str, count: int) -> Path:
     document = {
         "name": name,
         "defaults": DEFAULTS,
-        "prompts": [f"bench prompt number {i}, a red bicycle on a beach at dawn" for i in range(count)],
+        "prompts": [
+            f"bench prompt number {i}, a red bicycle on a beach at dawn" for i in range(count)
+        ],
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
@@ -272,7 +315,8 @@ def ledger_check(db: Path, journal: Sequence[dict[str, Any]], *, state: str) -> 
             )
         }
         charged = {
-            row[0] for row in conn.execute("SELECT project_id FROM credit_events WHERE kind='charge'")
+            row[0]
+            for row in conn.execute("SELECT project_id FROM credit_events WHERE kind='charge'")
         }
     served = {e["id"] for e in journal}
     if served == ids == charged:
@@ -389,10 +433,20 @@ def creates_scenario(
                 db = run_dir / "ledger.db"
                 if who == "batcher":
                     argv = batcher_argv(
-                        "run", str(job), "--no-wait", "--no-preflight", "--no-download",
-                        "--concurrency", str(CONCURRENCY), "--base-url", sandbox.base_url,
-                        "--db", f"sqlite:///{db}", "--out", str(run_dir / "out"),
-                    )  # fmt: skip
+                        "run",
+                        str(job),
+                        "--no-wait",
+                        "--no-preflight",
+                        "--no-download",
+                        "--concurrency",
+                        str(CONCURRENCY),
+                        "--base-url",
+                        sandbox.base_url,
+                        "--db",
+                        f"sqlite:///{db}",
+                        "--out",
+                        str(run_dir / "out"),
+                    )
                 else:
                     argv = [
                         sys.executable, __file__, "--reference-client", sandbox.base_url,
@@ -447,9 +501,11 @@ def scenario_1(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
         )
     )
     report.notes.append(
-        "1: per-round ratios " + ", ".join(f"{r:.2f}" for r in ratios)
-        + "; ledger checks " + "; ".join(report.raw.get("s1_ledger", []))
-    )  # fmt: skip
+        "1: per-round ratios "
+        + ", ".join(f"{r:.2f}" for r in ratios)
+        + "; ledger checks "
+        + "; ".join(report.raw.get("s1_ledger", []))
+    )
     report.raw["s1"] = {"batcher": batcher, "reference": reference, "ratios": ratios}
 
 
@@ -494,6 +550,7 @@ class StatsSampler:
         self.period = period
         self.renders_done: float | None = None
         self.peak_in_flight = 0
+        self.samples: list[tuple[float, int]] = []  # (wall time, renders in flight)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -505,6 +562,11 @@ class StatsSampler:
         self._stop.set()
         self._thread.join()
 
+    def busy_share(self, start: float, end: float, slots: int) -> float:
+        """Mean renders in flight over [start, end], as a share of the server's slots."""
+        window = [n for t, n in self.samples if start <= t <= end]
+        return statistics.fmean(window) / slots if window else float("nan")
+
     def _run(self) -> None:
         with httpx.Client(timeout=10) as client:
             while not self._stop.wait(self.period):
@@ -513,6 +575,7 @@ class StatsSampler:
                 except httpx.HTTPError:
                     continue
                 self.peak_in_flight = max(self.peak_in_flight, stats["in_flight"])
+                self.samples.append((time.time(), int(stats["in_flight"])))
                 if stats["creates"] >= self.creates and stats["in_flight"] == 0:
                     if self.renders_done is None:
                         self.renders_done = time.time()
@@ -529,14 +592,24 @@ def scenario_3(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
     ]  # fmt: skip
     job = write_job(tmp, "bench-s3", count)
     makespans, startups, throttles, polls, server_spans, exits = [], [], [], [], [], []
+    busy_shares: list[float] = []
     for round_no in range(runs):
         with Sandbox(flags) as sandbox:
             run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="s3-"))
             argv = batcher_argv(
-                "run", str(job), "--no-preflight", "--no-download",
-                "--concurrency", str(CONCURRENCY), "--base-url", sandbox.base_url,
-                "--db", f"sqlite:///{run_dir / 'ledger.db'}", "--out", str(run_dir / "out"),
-            )  # fmt: skip
+                "run",
+                str(job),
+                "--no-preflight",
+                "--no-download",
+                "--concurrency",
+                str(CONCURRENCY),
+                "--base-url",
+                sandbox.base_url,
+                "--db",
+                f"sqlite:///{run_dir / 'ledger.db'}",
+                "--out",
+                str(run_dir / "out"),
+            )
             with StatsSampler(sandbox, count) as sampler:
                 child = run_child(argv, cwd=run_dir, timeout=max(300, ideal * 4))
             if child.returncode != 0:
@@ -551,6 +624,8 @@ def scenario_3(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
             all_429 = sum(int(codes.get("429", 0)) for codes in stats["requests"].values())
             gets = sum(stats["requests"].get(POLL_ROUTE, {}).values())
             done = sampler.renders_done
+            busy = sampler.busy_share(first, done or child.ended, MAX_IN_FLIGHT)
+            busy_shares.append(busy * 100)
             makespans.append(makespan)
             startups.append(first - child.started)
             throttles.append(all_429)
@@ -564,7 +639,8 @@ def scenario_3(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
                 f"start-up {first - child.started:.2f} s, creates {creates}, 429s {all_429} "
                 f"(creates {created_429}), GETs {gets} = {gets / count:.2f}/item, "
                 f"renders done at +{(done - first) if done else float('nan'):.2f} s, "
-                f"peak in flight {sampler.peak_in_flight}, CPU {child.cpu_s:.1f} s"
+                f"peak in flight {sampler.peak_in_flight}, server slots busy {busy * 100:.1f} %, "
+                f"CPU {child.cpu_s:.1f} s"
             )
         shutil.rmtree(run_dir, ignore_errors=True)
     report.commands["s3 sandbox"] = show(Sandbox(flags).argv)
@@ -594,13 +670,32 @@ def scenario_3(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
     )
     if server_spans:
         report.add(
-            Figure(scenario, "  of which: first create to last render done (server)", server_spans, "s", digits=2)
-        )  # fmt: skip
+            Figure(
+                scenario,
+                "  of which: first create to last render done (server)",
+                server_spans,
+                "s",
+                digits=2,
+            )
+        )
         report.add(
             Figure(scenario, "  of which: last render done to process exit", exits, "s", digits=2)
         )
-    report.add(Figure(scenario, "start-up: spawn to first create (not in makespan)", startups, "s", digits=2))
-    report.add(Figure(scenario, "429s received", throttles, "", digits=0))
+    report.add(
+        Figure(
+            scenario,
+            "  server's 16 render slots busy, first create to renders done",
+            busy_shares,
+            "%",
+            digits=1,
+        )
+    )
+    report.add(
+        Figure(
+            scenario, "start-up: spawn to first create (not in makespan)", startups, "s", digits=2
+        )
+    )
+    report.add(Figure(scenario, "429s received", [float(t) for t in throttles], "", digits=0))
     report.add(
         Figure(
             scenario,
@@ -620,6 +715,7 @@ def scenario_3(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
         "polls_per_item": polls,
         "server_span": server_spans,
         "exit_lag": exits,
+        "busy_share": busy_shares,
     }
 
 
@@ -628,9 +724,10 @@ def scenario_3(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
 
 def make_resume_ledger(source: Path, dest: Path, done_share: float) -> tuple[str, int]:
     """Copy a --no-wait ledger and mark all but the last items complete; the rest pending."""
-    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(
-        sqlite3.connect(dest)
-    ) as dst:
+    with (
+        contextlib.closing(sqlite3.connect(source)) as src,
+        contextlib.closing(sqlite3.connect(dest)) as dst,
+    ):
         src.backup(dst)
     with contextlib.closing(sqlite3.connect(dest)) as conn, conn:
         [(batch_id, name)] = conn.execute("SELECT id, name FROM batches").fetchall()
@@ -742,10 +839,20 @@ def scenario_4(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
             run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="s4-"))
             db = run_dir / "ledger.db"
             argv = batcher_argv(
-                "run", str(job), "--no-wait", "--no-download", "--no-preflight",
-                "--concurrency", str(CONCURRENCY), "--base-url", sandbox.base_url,
-                "--db", f"sqlite:///{db}", "--out", str(run_dir / "out"),
-            )  # fmt: skip
+                "run",
+                str(job),
+                "--no-wait",
+                "--no-download",
+                "--no-preflight",
+                "--concurrency",
+                str(CONCURRENCY),
+                "--base-url",
+                sandbox.base_url,
+                "--db",
+                f"sqlite:///{db}",
+                "--out",
+                str(run_dir / "out"),
+            )
             child = run_child(argv, cwd=run_dir, timeout=1200)
             if child.returncode != 0:
                 raise fail_child("s4 batcher run", child)
@@ -759,15 +866,17 @@ def scenario_4(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
             walls.append(child.wall)
             report.commands["s4 run"] = show(argv, tmp)
             log(
-                f"[s4] round {round_no + 1} peak RSS {child.maxrss_mb:.0f} MB, wall {child.wall:.1f} s, "
-                f"{create_rate(times):.0f} creates/s, spawn to first create {times[0] - child.started:.2f} s, "
+                f"[s4] round {round_no + 1} peak RSS {child.maxrss_mb:.0f} MB, "
+                f"wall {child.wall:.1f} s, {create_rate(times):.0f} creates/s, "
+                f"spawn to first create {times[0] - child.started:.2f} s, "
                 f"CPU {child.cpu_s:.1f} s, ledger {check}"
-            )  # fmt: skip
+            )
             if kept_ledger is None:
                 kept_ledger = tmp / "s4-source.db"
-                with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(
-                    sqlite3.connect(kept_ledger)
-                ) as dst:
+                with (
+                    contextlib.closing(sqlite3.connect(db)) as src,
+                    contextlib.closing(sqlite3.connect(kept_ledger)) as dst,
+                ):
                     src.backup(dst)
         shutil.rmtree(run_dir, ignore_errors=True)
     assert kept_ledger is not None
@@ -783,7 +892,11 @@ def scenario_4(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
         )
     )
     report.add(Figure(scenario, "  its creates/s (context)", rates, "/s"))
-    report.add(Figure(scenario, "  its spawn to first create (job load + sync_items)", startups, "s", digits=2))
+    report.add(
+        Figure(
+            scenario, "  its spawn to first create (job load + sync_items)", startups, "s", digits=2
+        )
+    )
 
     # Resume: a 99 %-done copy of the first run's ledger.
     prepared = tmp / "s4-resume.db"
@@ -805,22 +918,35 @@ def scenario_4(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
                 report.commands["s4 start-up baseline"] = show(argv, tmp)
             elif what == "probe":
                 argv = [sys.executable, __file__, "--resume-probe", str(db), name]
-                out = subprocess.run(argv, capture_output=True, text=True, env=child_env(), check=True)
+                out = subprocess.run(
+                    argv, capture_output=True, text=True, env=child_env(), check=True
+                )
                 timings = json.loads(out.stdout)
                 probes.append(timings)
                 report.commands["s4 resume probe"] = show(argv, tmp)
+                resumed = timings["service.resume_batch"] * 1000
+                claimed = timings["first Ledger.claim (pending)"] * 1000
                 log(
-                    f"[s4] resume probe: resume_batch {timings['service.resume_batch'] * 1000:.1f} ms, "
-                    f"first claim {timings['first Ledger.claim (pending)'] * 1000:.1f} ms "
-                    f"({timings['claimed']} items)"
-                )  # fmt: skip
+                    f"[s4] resume probe: resume_batch {resumed:.1f} ms, "
+                    f"first claim {claimed:.1f} ms ({timings['claimed']} items)"
+                )
             else:
                 with Sandbox(["--render-seconds", "0"]) as sandbox:
                     argv = batcher_argv(
-                        "resume", name, "--no-wait", "--no-download", "--no-preflight",
-                        "--concurrency", str(CONCURRENCY), "--base-url", sandbox.base_url,
-                        "--db", f"sqlite:///{db}", "--out", str(run_dir / "out"),
-                    )  # fmt: skip
+                        "resume",
+                        name,
+                        "--no-wait",
+                        "--no-download",
+                        "--no-preflight",
+                        "--concurrency",
+                        str(CONCURRENCY),
+                        "--base-url",
+                        sandbox.base_url,
+                        "--db",
+                        f"sqlite:///{db}",
+                        "--out",
+                        str(run_dir / "out"),
+                    )
                     child = run_child(argv, cwd=run_dir, timeout=600)
                     if child.returncode != 0:
                         raise fail_child("s4 resume", child)
@@ -864,12 +990,32 @@ def scenario_4(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
     )
     for key in keys:
         report.add(
-            Figure(scenario, f"  in-process step: {key}", [p[key] * 1000 for p in probes], "ms", digits=1)
-        )  # fmt: skip
+            Figure(
+                scenario,
+                f"  in-process step: {key}",
+                [p[key] * 1000 for p in probes],
+                "ms",
+                digits=1,
+            )
+        )
     report.add(
-        Figure(scenario, "  start-up baseline: `python -m batcher resume --help` wall", helps, "s", digits=2)
-    )  # fmt: skip
-    report.add(Figure(scenario, f"  resume process wall ({pending:,} creates, exit)", resume_walls, "s", digits=2))
+        Figure(
+            scenario,
+            "  start-up baseline: `python -m batcher resume --help` wall",
+            helps,
+            "s",
+            digits=2,
+        )
+    )
+    report.add(
+        Figure(
+            scenario,
+            f"  resume process wall ({pending:,} creates, exit)",
+            resume_walls,
+            "s",
+            digits=2,
+        )
+    )
     report.raw["s4"] = {
         "rss_mb": rss,
         "rates": rates,
@@ -884,7 +1030,9 @@ def scenario_4(report: Report, sizes: dict[str, int], runs: int, tmp: Path) -> N
 # --------------------------------------------------------------------------- main
 
 
-def print_report(report: Report, args: argparse.Namespace, sizes: dict[str, int], started: float) -> None:
+def print_report(
+    report: Report, args: argparse.Namespace, sizes: dict[str, int], started: float
+) -> None:
     print()
     print("| scenario | figure | median (runs) | target | result |")
     print("|---|---|---|---|---|")
@@ -894,7 +1042,10 @@ def print_report(report: Report, args: argparse.Namespace, sizes: dict[str, int]
     print()
     for note in report.notes:
         print(note)
-    print("\ncommands (<tmp> is this run's temporary folder; each run gets a fresh sandbox and ledger):")
+    print(
+        "\ncommands (<tmp>: this run's temporary folder; <sandbox URL>: the first stdout line "
+        "of the sandbox command; every run had a fresh sandbox and ledger):"
+    )
     for key, command in report.commands.items():
         print(f"  {key}: {command}")
     import httpx as _httpx
@@ -911,9 +1062,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="1,2,3,4", help="scenarios to run, e.g. 1,3")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help=f"small sizes {QUICK_SIZES}")
-    parser.add_argument("--size", action="append", default=[], metavar="sN=COUNT",
-                        help="override one scenario's prompt count, e.g. s1=10000")  # fmt: skip
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="sN=COUNT",
+        help="override one scenario's prompt count, e.g. s1=10000",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--batcher-command",
+        metavar="CMD",
+        help="start the measured batcher processes with CMD instead of "
+        "'python -m batcher' (e.g. an instrumented wrapper); the sandbox is unaffected",
+    )
     parser.add_argument("--json", type=Path, help="also write raw figures here")
     parser.add_argument("--reference-client", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--resume-probe", nargs=2, help=argparse.SUPPRESS)
@@ -925,6 +1087,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         db, name = args.resume_probe
         return resume_probe(f"sqlite:///{db}", name)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.batcher_command:
+        BATCHER_COMMAND[:] = shlex.split(args.batcher_command)
 
     sizes = dict(QUICK_SIZES if args.quick else SIZES)
     for item in args.size:

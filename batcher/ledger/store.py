@@ -32,7 +32,6 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    case,
     create_engine,
     delete,
     event,
@@ -47,10 +46,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.elements import BindParameter
 
 from batcher.errors import ConfigError, LedgerError, LedgerMissingError
 from batcher.ledger import migrate
-from batcher.ledger.models import Batch, CreditEvent, Item, Worker, utcnow
+from batcher.ledger.models import Batch, CreditEvent, Item, UTCDateTime, Worker, utcnow
 from batcher.spec import ItemSettings, JobItem
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ class BeginSend:
     batch_id: int
     worker_id: str
     reserve: int  # credits to hold against the budget until the answer settles them
+    budgeted: bool = True  # False: the batch has no budget, skip the check
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +252,103 @@ class _Deltas:
 
     net: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     reserved: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+
+# --------------------------------------------------------------------------- statements
+#
+# The runner's writes, built once: SQLAlchemy then reuses their compiled form,
+# where a statement built per call would be keyed and looked up (or compiled)
+# every time. Each is run with executemany over a whole group of operations.
+
+_NOW: BindParameter[datetime] = bindparam("now", type_=UTCDateTime())
+
+_BEGIN_SEND = (
+    update(ITEMS)
+    .where(
+        ITEMS.c.id == bindparam("item_id"),
+        ITEMS.c.state == "pending",
+        ITEMS.c.worker_id == bindparam("worker"),
+    )
+    .values(
+        state="sending",
+        attempts=ITEMS.c.attempts + 1,
+        credits_reserved=bindparam("reserve"),
+        sent_at=_NOW,
+        updated_at=_NOW,
+    )
+)
+
+_SENT_NOW = select(ITEMS.c.id).where(
+    ITEMS.c.id.in_(bindparam("item_ids", expanding=True)),
+    ITEMS.c.state == "sending",
+    ITEMS.c.sent_at == _NOW,
+)
+
+_CREATED = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("item_id"))
+    .values(
+        state="submitted",
+        project_id=bindparam("project_id"),
+        credits_reserved=0,
+        failure=None,
+        error_status=None,
+        error_code=None,
+        error_message=None,
+        submitted_at=_NOW,
+        updated_at=_NOW,
+    )
+)
+_CREATED_RELEASED = _CREATED.values(worker_id=None, lease_expires_at=None)
+
+_SEND_FAILED = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("item_id"))
+    .values(
+        state=bindparam("state"),
+        failure=bindparam("failure"),
+        error_status=bindparam("status"),
+        error_message=bindparam("message"),
+        credits_reserved=bindparam("reserved"),
+        finished_at=bindparam("finished_at"),
+        updated_at=_NOW,
+    )
+)
+
+_RENDER_FINISHED = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("item_id"))
+    .values(
+        state=bindparam("state"),
+        failure=bindparam("failure"),
+        error_code=bindparam("code"),
+        error_message=bindparam("message"),
+        files=bindparam("files"),
+        render_failures=ITEMS.c.render_failures + bindparam("render_failure"),
+        finished_at=bindparam("finished_at"),
+        updated_at=_NOW,
+    )
+)
+
+_BATCH_COUNTERS = (
+    update(BATCHES)
+    .where(BATCHES.c.id == bindparam("batch"))
+    .values(
+        credits_net=BATCHES.c.credits_net + bindparam("net"),
+        credits_reserved=BATCHES.c.credits_reserved + bindparam("reserved"),
+        updated_at=_NOW,
+    )
+)
+
+_BUDGET = select(BATCHES.c.budget, BATCHES.c.credits_net, BATCHES.c.credits_reserved).where(
+    BATCHES.c.id == bindparam("batch")
+)
+_BUDGET_LOCKED = _BUDGET.with_for_update()
+
+_RECORDED = select(CREDITS.c.project_id).where(
+    CREDITS.c.kind == bindparam("kind"),
+    CREDITS.c.project_id.in_(bindparam("projects", expanding=True)),
+)
 
 
 # --------------------------------------------------------------------------- engine
@@ -331,6 +429,7 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._insert_credit = _insert_ignore(self.dialect, CREDITS)
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True, create: bool = True) -> Ledger:
@@ -944,21 +1043,16 @@ class Ledger:
     def _apply_begin_send(
         self, conn: Connection, ops: list[BeginSend], deltas: _Deltas, now: datetime
     ) -> list[bool | None]:
-        """True: sent may proceed. False: no room in the budget. None: the item is
+        """True: send may proceed. False: no room in the budget. None: the item is
         no longer this worker's (its lease lapsed and another worker took it)."""
         if not ops:
             return []
         accepted: list[bool | None] = [True] * len(ops)
-        for batch_id in {op.batch_id for op in ops}:
-            if conn.scalar(select(BATCHES.c.budget).where(BATCHES.c.id == batch_id)) is None:
-                continue  # no budget: no need to serialise workers on the batch row
-            query = select(
-                BATCHES.c.budget, BATCHES.c.credits_net, BATCHES.c.credits_reserved
-            ).where(BATCHES.c.id == batch_id)
-            if self.dialect == "postgresql":
-                # Every worker's reservation reads and moves the same counters.
-                query = query.with_for_update()
-            budget, net, reserved = conn.execute(query).one()
+        for batch_id in {op.batch_id for op in ops if op.budgeted}:
+            # Every worker's reservation reads and moves the same counters: on
+            # PostgreSQL lock the row; SQLite's write lock is already held.
+            query = _BUDGET_LOCKED if self.dialect == "postgresql" else _BUDGET
+            budget, net, reserved = conn.execute(query, {"batch": batch_id}).one()
             if budget is None:
                 continue
             headroom = budget - net - reserved - deltas.net[batch_id] - deltas.reserved[batch_id]
@@ -972,27 +1066,20 @@ class Ledger:
         chosen = [op for op, ok in zip(ops, accepted, strict=True) if ok]
         if not chosen:
             return accepted
-        # One statement for the group; RETURNING tells which items this worker
-        # really still held.
-        reserve_by_id = {op.item_id: op.reserve for op in chosen}
-        sent = set(
-            conn.scalars(
-                update(ITEMS)
-                .where(
-                    ITEMS.c.id.in_(list(reserve_by_id)),
-                    ITEMS.c.state == "pending",
-                    ITEMS.c.worker_id.in_(sorted({op.worker_id for op in chosen})),
-                )
-                .values(
-                    state="sending",
-                    attempts=ITEMS.c.attempts + 1,
-                    credits_reserved=case(reserve_by_id, value=ITEMS.c.id, else_=0),
-                    sent_at=now,
-                    updated_at=now,
-                )
-                .returning(ITEMS.c.id)
+        updated = conn.execute(
+            _BEGIN_SEND,
+            [
+                {"item_id": op.item_id, "worker": op.worker_id, "reserve": op.reserve, "now": now}
+                for op in chosen
+            ],
+        ).rowcount
+        if updated == len(chosen):
+            sent = {op.item_id for op in chosen}
+        else:
+            # Some item was no longer this worker's (a lapsed lease): find which.
+            sent = set(
+                conn.scalars(_SENT_NOW, {"item_ids": [op.item_id for op in chosen], "now": now})
             )
-        )
         for index, op in enumerate(ops):
             if not accepted[index]:
                 continue
@@ -1007,34 +1094,24 @@ class Ledger:
     ) -> None:
         if not ops:
             return
-        statement = (
-            update(ITEMS)
-            .where(ITEMS.c.id == bindparam("item_id"))
-            .values(
-                state="submitted",
-                project_id=bindparam("project_id"),
-                credits_reserved=0,
-                failure=None,
-                error_status=None,
-                error_code=None,
-                error_message=None,
-                submitted_at=now,
-                updated_at=now,
-            )
-        )
-        kept = [op for op in ops if op.keep_claim]
-        released = [op for op in ops if not op.keep_claim]
+        kept = [
+            {"item_id": op.item_id, "project_id": op.project_id, "now": now}
+            for op in ops
+            if op.keep_claim
+        ]
+        released = [
+            {"item_id": op.item_id, "project_id": op.project_id, "now": now}
+            for op in ops
+            if not op.keep_claim
+        ]
         if kept:
-            conn.execute(
-                statement, [{"item_id": op.item_id, "project_id": op.project_id} for op in kept]
-            )
+            conn.execute(_CREATED, kept)
         if released:
-            conn.execute(
-                statement.values(worker_id=None, lease_expires_at=None),
-                [{"item_id": op.item_id, "project_id": op.project_id} for op in released],
-            )
-        self._insert_credits(
-            conn,
+            conn.execute(_CREATED_RELEASED, released)
+        # A project id is new by construction: the API just made it. The
+        # unique constraint still guards against recording it twice.
+        conn.execute(
+            self._insert_credit,
             [
                 {
                     "batch_id": op.batch_id,
@@ -1057,17 +1134,7 @@ class Ledger:
         if not ops:
             return
         conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.id == bindparam("item_id"))
-            .values(
-                state=bindparam("state"),
-                failure=bindparam("failure"),
-                error_status=bindparam("status"),
-                error_message=bindparam("message"),
-                credits_reserved=bindparam("reserved"),
-                finished_at=bindparam("finished_at"),
-                updated_at=now,
-            ),
+            _SEND_FAILED,
             [
                 {
                     "item_id": op.item_id,
@@ -1079,6 +1146,7 @@ class Ledger:
                     # reservation so the budget still counts it.
                     "reserved": op.reserved if op.state == "unconfirmed" else 0,
                     "finished_at": now if op.state == "failed" else None,
+                    "now": now,
                 }
                 for op in ops
             ],
@@ -1093,18 +1161,7 @@ class Ledger:
         if not ops:
             return
         conn.execute(
-            update(ITEMS)
-            .where(ITEMS.c.id == bindparam("item_id"))
-            .values(
-                state=bindparam("state"),
-                failure=bindparam("failure"),
-                error_code=bindparam("code"),
-                error_message=bindparam("message"),
-                files=bindparam("files"),
-                render_failures=ITEMS.c.render_failures + bindparam("render_failure"),
-                finished_at=bindparam("finished_at"),
-                updated_at=now,
-            ),
+            _RENDER_FINISHED,
             [
                 {
                     "item_id": op.item_id,
@@ -1115,6 +1172,7 @@ class Ledger:
                     "files": list(op.files) if op.files is not None else None,
                     "render_failure": 1 if op.count_render_failure else 0,
                     "finished_at": now if op.state in ("complete", "failed") else None,
+                    "now": now,
                 }
                 for op in ops
             ],
@@ -1151,33 +1209,25 @@ class Ledger:
         """Insert credit rows, skipping any already recorded; returns the project ids inserted."""
         if not rows:
             return set()
-        kind = rows[0]["kind"]
-        projects = [r["project_id"] for r in rows]
         already = set(
             conn.scalars(
-                select(CREDITS.c.project_id).where(
-                    CREDITS.c.kind == kind, CREDITS.c.project_id.in_(projects)
-                )
+                _RECORDED,
+                {"kind": rows[0]["kind"], "projects": [r["project_id"] for r in rows]},
             )
         )
         fresh = [r for r in rows if r["project_id"] not in already]
         if fresh:
-            conn.execute(_insert_ignore(self.dialect, CREDITS), fresh)
+            conn.execute(self._insert_credit, fresh)
         return {r["project_id"] for r in fresh}
 
     def _apply_deltas(self, conn: Connection, deltas: _Deltas, now: datetime) -> None:
-        for batch_id in set(deltas.net) | set(deltas.reserved):
-            net, reserved = deltas.net[batch_id], deltas.reserved[batch_id]
-            if net or reserved:
-                conn.execute(
-                    update(BATCHES)
-                    .where(BATCHES.c.id == batch_id)
-                    .values(
-                        credits_net=BATCHES.c.credits_net + net,
-                        credits_reserved=BATCHES.c.credits_reserved + reserved,
-                        updated_at=now,
-                    )
-                )
+        changes = [
+            {"batch": batch_id, "net": deltas.net[batch_id], "reserved": deltas.reserved[batch_id]}
+            for batch_id in set(deltas.net) | set(deltas.reserved)
+        ]
+        changes = [c for c in changes if c["net"] or c["reserved"]]
+        for change in changes:
+            conn.execute(_BATCH_COUNTERS, {**change, "now": now})
 
     # ------------------------------------------------------------------ reconcile
 

@@ -9,6 +9,7 @@ journal, which saw every create, is held against the ledger.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from e2e_support import ExternalSandbox, batcher_command, cli_env, prompts, write_job
 
 from batcher.ledger.store import Ledger
+from batcher.runner import SENDERS_PER_SLOT
 
 KILLS = 6
 CONCURRENCY = 8
@@ -140,9 +142,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, external_sandbox:
     settled = states["complete"] + states["failed"] + states["unconfirmed"]
     assert settled == PROMPTS
     # Items are in doubt only because a connection dropped or a kill hit sends
-    # in flight (at most --concurrency of them).
+    # begun (at most one per sender task).
     dropped = sum(1 for e in sandbox.journal() if e["dropped"])
-    assert states["unconfirmed"] <= dropped + kills * CONCURRENCY
+    assert states["unconfirmed"] <= dropped + kills * math.ceil(CONCURRENCY * SENDERS_PER_SLOT)
 
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path, external_sandbox: Any) -> None:
