@@ -98,3 +98,15 @@ async def test_gate_probes_beyond_the_cap_once_per_generation() -> None:
         await gate.acquire()
     gate.created()
     assert gate.cap == 2
+
+
+def test_a_render_done_at_its_first_look_does_not_drag_the_estimate_down() -> None:
+    planner = PollPlanner()
+    for _ in range(20):
+        planner.observe(2.0, 1.8)  # bracketed: finished between 1.8 s and 2.0 s
+    before = planner.next_delay(0.0, 0)
+    for _ in range(20):
+        planner.observe(2.0, None)  # done when first seen at 2.0 s: no lower bound
+    after = planner.next_delay(0.0, 0)
+    # Taking "no lower bound" as "finished just after the create" would halve it.
+    assert after >= 0.85 * before
