@@ -23,7 +23,6 @@ from batcher.spec import ItemSettings
 _T = TypeVar("_T")
 
 CATALOG_ENV = "BATCHER_CATALOG"
-AUTO = "auto"
 
 
 @dataclass(frozen=True, slots=True)

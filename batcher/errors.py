@@ -14,9 +14,7 @@
     │   ├── ConnectError              the request surely never reached the server
     │   └── ResponseLostError         the request may have been processed; answer lost
     │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
-    ├── LedgerError                   the ledger database is unusable
-    ├── RunIncomplete                 a run ended with items failed, in doubt or unsent
-    └── Interrupted                   the user stopped the run (exit 130)
+    └── LedgerError                   the ledger database is unusable
 
 httpx, SQLAlchemy and YAML exceptions are translated into these at the module
 that talks to them and never escape the library.
@@ -143,13 +141,3 @@ class MalformedResponseError(ResponseLostError):
 
 class LedgerError(BatcherError):
     """The ledger database cannot be opened, migrated or written."""
-
-
-class RunIncomplete(BatcherError):
-    """A run finished but not every item is complete."""
-
-
-class Interrupted(BatcherError):
-    """The user interrupted the run; the ledger is consistent and `resume` continues."""
-
-    exit_code = EXIT_INTERRUPTED

@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -122,10 +122,6 @@ def _kind(item: ItemRecord) -> tuple[str, str | None, int]:
     return (s.model, s.resolution, s.image_count)
 
 
-def exc_retry_after(exc: Exception) -> float | None:
-    return exc.retry_after if isinstance(exc, ApiError) else None
-
-
 class ImageApi(Protocol):
     """What the runner needs of the API client (batcher.api.MagicHourClient)."""
 
@@ -144,7 +140,7 @@ class RunOptions:
     download: bool = True
     out_dir: Path | None = None
     render_retries: int = 1
-    claim_page: int = 0  # 0: twice the concurrency
+    claim_page: int = 0  # 0: four times the concurrency, at most CLAIM_PAGE_MAX
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
     # Poll every known render before sending (resume's promise). A worker joining
@@ -156,8 +152,6 @@ class RunOptions:
 class RunCounters:
     """Live numbers for progress displays; only the runner writes them."""
 
-    total: int = 0  # items in the batch
-    done_before: int = 0  # complete before this run started
     sent: int = 0  # create requests sent
     created: int = 0
     complete: int = 0
@@ -208,6 +202,9 @@ class _Tracked:
     polls: int = 0
     last_pending_age: float | None = None  # seen unfinished this long after its create
     first_poll: bool = False  # resume: counts toward the poll pass before sending
+    # Created by this run: its age is a render time the poll planner can learn from.
+    # An adopted render was created who knows when.
+    age_known: bool = True
 
 
 class BatchRun:
@@ -220,15 +217,13 @@ class BatchRun:
         client: ImageApi,
         batch: BatchRecord,
         options: RunOptions,
-        *,
-        limiter: AdaptiveLimiter | None = None,
     ) -> None:
         self.ledger = ledger
         self.client = client
         self.batch = batch
         self.options = options
         self.counters = RunCounters()
-        self.limiter = limiter or AdaptiveLimiter(options.concurrency, rate=options.rate)
+        self.limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)
         self.gate = RenderGate()
         self.planner = PollPlanner()
         self.worker = new_worker(batch.id)
@@ -296,16 +291,9 @@ class BatchRun:
     async def run(self) -> RunResult:
         ledger = self.ledger
         worker = self.worker
-        await self._thread(
-            ledger.recover,
-            self.batch.id,
-            is_dead=lambda w: is_dead(w, me=worker.id, lease_s=self.options.lease_s),
-        )
+        await self._recover()
         await self._thread(ledger.register_worker, worker)
         self._observed = await self._thread(ledger.observed_charges, self.batch.id)
-        states = await self._thread(ledger.state_counts, self.batch.id)
-        self.counters.total = sum(states.values())
-        self.counters.done_before = states.get("complete", 0)
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -324,6 +312,10 @@ class BatchRun:
         if self.fatal is not None:
             raise self.fatal
         states = await self._thread(ledger.state_counts, self.batch.id)
+        if not any(states.get(state, 0) for state in ("pending", "sending", "submitted")):
+            # Nothing left to send or follow (failures and items in doubt are the
+            # user's to decide): the batch is finished, until a resume reopens it.
+            await self._thread(ledger.mark_finished, self.batch.id)
         unsent = states.get("pending", 0) if self.stopped else 0
         return RunResult(
             batch=self.batch.name,
@@ -387,12 +379,11 @@ class BatchRun:
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self.options.heartbeat_s)
-            lease_until = utcnow() + timedelta(seconds=self.options.lease_s)
             try:
                 await self._thread(
                     self.ledger.heartbeat,
                     self.worker.id,
-                    lease_until=lease_until,
+                    lease_until=self._lease_until(),
                     in_flight=self.counters.in_flight + self.counters.rendering,
                 )
             except Exception:
@@ -420,7 +411,7 @@ class BatchRun:
                 self.limiter.set_ceilings(ceiling, rate)
             await anyio.sleep(SHARE_REFRESH_S)
 
-    def _lease_until(self) -> Any:
+    def _lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.options.lease_s)
 
     # ------------------------------------------------------------------ feeding
@@ -449,6 +440,7 @@ class BatchRun:
                     charged=charged[0] - charged[1] if charged else None,
                     created_at=time.monotonic(),
                     first_poll=first_pass,
+                    age_known=False,
                 )
                 # Age unknown: poll now.
                 self._poll_tx.send_nowait(tracked)
@@ -494,13 +486,15 @@ class BatchRun:
     async def _others_hold_work(self) -> bool:
         """Other live workers hold items that may come back (their lease may expire).
         Settles what dead workers left first, so their items are claimable now."""
-        worker_id = self.worker.id
+        await self._recover()
+        return bool(await self._thread(self.ledger.held_elsewhere, self.batch.id, self.worker.id))
+
+    async def _recover(self) -> None:
+        """Settle what dead workers left: their sends in doubt, their claims free."""
+        me, lease_s = self.worker.id, self.options.lease_s
         await self._thread(
-            self.ledger.recover,
-            self.batch.id,
-            is_dead=lambda w: is_dead(w, me=worker_id, lease_s=self.options.lease_s),
+            self.ledger.recover, self.batch.id, is_dead=lambda w: is_dead(w, me=me, lease_s=lease_s)
         )
-        return bool(await self._thread(self.ledger.held_elsewhere, self.batch.id, worker_id))
 
     async def _release(self, items: list[ItemRecord]) -> None:
         if items:
@@ -519,11 +513,15 @@ class BatchRun:
             except anyio.get_cancelled_exc_class():
                 raise
             except AuthError as exc:
-                self.fatal = exc
-                self._halt(STOP_AUTH, str(exc))
-                if self._work_scope is not None:
-                    self._work_scope.cancel()
+                self._fail(exc)
                 return
+
+    def _fail(self, exc: AuthError) -> None:
+        """The key was rejected: nothing more can work. Stop everything; `run()` raises it."""
+        self.fatal = exc
+        self._halt(STOP_AUTH, str(exc))
+        if self._work_scope is not None:
+            self._work_scope.cancel()
 
     def _reservation(self, item: ItemRecord) -> int:
         return max(item.estimate, self._observed.get(_kind(item), 0))
@@ -759,7 +757,7 @@ class BatchRun:
             )
             self._gate_not_created()
             self.counters.unconfirmed += 1
-            self._manifest_failed(item, None, f"in doubt: {exc}", state="unconfirmed")
+            self._manifest(item, "unconfirmed", error=f"in doubt: {exc}")
             self._settle()
             return _SETTLED
         if isinstance(exc, AuthError):
@@ -778,15 +776,15 @@ class BatchRun:
                     item.id, item.batch_id, "pending", reserve, status=status, message=str(exc)
                 )
             )
-            gated = False
-            if isinstance(exc, ApiError) and exc.status == 429:
-                self.counters.throttled += 1
-                gated = self.options.wait and self.gate.throttled()
-                if exc.retry_after is not None or not gated:
-                    self.limiter.on_throttle(exc.retry_after)
-            else:
+            if not (isinstance(exc, ApiError) and exc.status == 429):
                 self._gate_not_created()
-            return _Retry(exc, gated=gated and exc_retry_after(exc) is None)
+                return _Retry(exc)
+            self.counters.throttled += 1
+            explained = self.options.wait and self.gate.throttled()
+            if exc.retry_after is not None or not explained:
+                self.limiter.on_throttle(exc.retry_after)
+            # Explained by the render cap and no Retry-After: the gate alone paces it.
+            return _Retry(exc, gated=explained and exc.retry_after is None)
         # Refused for good (400, 402, 403, 404, 422...): the API said why.
         assert isinstance(exc, ApiError)
         await self._settle_send(
@@ -802,7 +800,7 @@ class BatchRun:
         )
         self._gate_not_created()
         self.counters.failed += 1
-        self._manifest_failed(item, None, f"HTTP {exc.status}: {exc.message}")
+        self._manifest(item, "failed", error=f"HTTP {exc.status}: {exc.message}")
         self._settle()
         if exc.status == 402:
             self.halt_sending(
@@ -825,7 +823,7 @@ class BatchRun:
             )
         )
         self.counters.failed += 1
-        self._manifest_failed(item, None, str(exc))
+        self._manifest(item, "failed", error=str(exc))
         self._settle()
 
     # ------------------------------------------------------------------ tracking
@@ -877,10 +875,7 @@ class BatchRun:
         try:
             status = await self._get(tracked.project_id)
         except AuthError as exc:
-            self.fatal = exc
-            self._halt(STOP_AUTH, str(exc))
-            if self._work_scope is not None:
-                self._work_scope.cancel()
+            self._fail(exc)
             return
         except (ApiError, TransportError) as exc:
             self._first_poll_seen(tracked)
@@ -905,7 +900,7 @@ class BatchRun:
                 return
             self._track(tracked)
             return
-        if tracked.polls > 1 or not tracked.first_poll:
+        if tracked.age_known:
             self.planner.observe(age, tracked.last_pending_age)
         if status.status == "complete":
             await self._complete(tracked, status)
@@ -936,38 +931,28 @@ class BatchRun:
             try:
                 files = await self._download_all(tracked, status)
             except (ApiError, TransportError) as exc:
-                await self.writer.apply(
-                    RenderFinished(
-                        tracked.item.id,
-                        tracked.item.batch_id,
-                        tracked.project_id,
-                        "failed",
-                        failure=FAILURE_DOWNLOAD,
-                        message=f"download failed: {exc}",
-                    )
+                await self._finish_render(
+                    tracked, "failed", failure=FAILURE_DOWNLOAD, message=f"download failed: {exc}"
                 )
-                self._notify_settled()
                 self.counters.failed += 1
-                self._manifest_failed(tracked.item, tracked.project_id, f"download failed: {exc}")
+                self._manifest(tracked, "failed", error=f"download failed: {exc}")
                 self._settle()
                 return
         refund = self._refund(tracked, status)
-        await self.writer.apply(
-            RenderFinished(
-                tracked.item.id,
-                tracked.item.batch_id,
-                tracked.project_id,
-                "complete",
-                refund=refund,
-                files=files,
-            )
-        )
-        self._notify_settled()
+        await self._finish_render(tracked, "complete", refund=refund, files=files)
         self.counters.complete += 1
         self.counters.images += len(files) if files else len(status.downloads)
         self.counters.credits_refunded += refund
-        self._manifest_write(tracked, "complete", files, None, refund)
+        self._manifest(tracked, "complete", refunded=refund, files=files)
         self._settle()
+
+    async def _finish_render(self, tracked: _Tracked, state: str, **fields: Any) -> None:
+        """Record how a followed render ended; budget it frees is then usable."""
+        item = tracked.item
+        await self.writer.apply(
+            RenderFinished(item.id, item.batch_id, tracked.project_id, state, **fields)
+        )
+        self._notify_settled()
 
     def _refund(self, tracked: _Tracked, status: ProjectStatus | None) -> int:
         if status is None or status.credits_charged is None or tracked.charged is None:
@@ -983,20 +968,15 @@ class BatchRun:
         retry_render = item.render_failures < self.options.render_retries and not (
             self._sending_halted
         )
-        await self.writer.apply(
-            RenderFinished(
-                item.id,
-                item.batch_id,
-                tracked.project_id,
-                "pending" if retry_render else "failed",
-                refund=refund,
-                failure=None if retry_render else FAILURE_RENDER,
-                code=code,
-                message=message,
-                count_render_failure=True,
-            )
+        await self._finish_render(
+            tracked,
+            "pending" if retry_render else "failed",
+            refund=refund,
+            failure=None if retry_render else FAILURE_RENDER,
+            code=code,
+            message=message,
+            count_render_failure=True,
         )
-        self._notify_settled()
         self.counters.credits_refunded += refund
         if retry_render:
             again = dataclasses.replace(
@@ -1010,7 +990,7 @@ class BatchRun:
             self._task_group.start_soon(self._send_tx.send, again)
             return
         self.counters.failed += 1
-        self._manifest_write(tracked, "failed", (), f"{code}: {message}", refund)
+        self._manifest(tracked, "failed", refunded=refund, error=f"{code}: {message}")
         self._settle()
 
     async def _download_all(self, tracked: _Tracked, status: ProjectStatus) -> tuple[str, ...]:
@@ -1045,34 +1025,19 @@ class BatchRun:
 
     # ------------------------------------------------------------------ manifest
 
-    def _manifest_write(
+    def _manifest(
         self,
-        tracked: _Tracked,
+        tracked: _Tracked | ItemRecord,
         state: str,
-        files: tuple[str, ...],
-        error: str | None,
-        refund: int,
+        *,
+        refunded: int = 0,
+        files: tuple[str, ...] = (),
+        error: str | None = None,
     ) -> None:
-        item = tracked.item
-        self.manifest.write(
-            {
-                "key": item.key,
-                "prompt": item.prompt,
-                "model": item.settings.model,
-                "resolution": item.settings.resolution,
-                "image_count": item.settings.image_count,
-                "project_id": tracked.project_id,
-                "state": state,
-                "credits_charged": tracked.charged,
-                "credits_refunded": refund,
-                "files": list(files),
-                "error": error,
-            }
-        )
-
-    def _manifest_failed(
-        self, item: ItemRecord, project_id: str | None, error: str, *, state: str = "failed"
-    ) -> None:
+        """One line for an item that finished this run (an item never created has
+        no project and was charged nothing)."""
+        item = tracked.item if isinstance(tracked, _Tracked) else tracked
+        project_id = tracked.project_id if isinstance(tracked, _Tracked) else None
         self.manifest.write(
             {
                 "key": item.key,
@@ -1082,9 +1047,9 @@ class BatchRun:
                 "image_count": item.settings.image_count,
                 "project_id": project_id,
                 "state": state,
-                "credits_charged": 0,
-                "credits_refunded": 0,
-                "files": [],
+                "credits_charged": tracked.charged if isinstance(tracked, _Tracked) else 0,
+                "credits_refunded": refunded,
+                "files": list(files),
                 "error": error,
             }
         )

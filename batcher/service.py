@@ -26,9 +26,8 @@ from batcher.errors import (
 )
 from batcher.jobfile import JobSpec, collect_jobs
 from batcher.ledger.store import BatchRecord, Ledger, RequeueCounts, SyncResult
-from batcher.limits import AdaptiveLimiter
 from batcher.runner import BatchRun, RunOptions
-from batcher.spec import JobItem, project_name
+from batcher.spec import ItemSettings, JobItem, project_name
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,7 @@ def prepare_batch(
 ) -> PreparedBatch:
     """Open (or create) the job's batch, add its new items and requeue what is retryable."""
 
-    def estimate(settings: object) -> tuple[int, bool]:
-        from batcher.spec import ItemSettings
-
-        assert isinstance(settings, ItemSettings)
+    def estimate(settings: ItemSettings) -> tuple[int, bool]:
         value = catalog.estimate(settings)
         return value.credits, value.exact
 
@@ -187,8 +183,7 @@ def new_run(
 ) -> BatchRun:
     """A worker for `batch`. Its ceilings are its own flags, lowered while it runs
     to its share of the batch's shared ceilings when those are set."""
-    limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)
-    return BatchRun(ledger, client, batch, options, limiter=limiter)
+    return BatchRun(ledger, client, batch, options)
 
 
 def set_shared_limits(

@@ -33,17 +33,6 @@ class ItemSettings:
             "name": self.name,
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ItemSettings:
-        return cls(
-            model=str(data["model"]),
-            resolution=data.get("resolution"),
-            aspect_ratio=str(data["aspect_ratio"]),
-            tool=str(data["tool"]),
-            image_count=int(data["image_count"]),
-            name=data.get("name"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class JobItem:

@@ -42,6 +42,11 @@ class PollPlanner:
         self._schedule: tuple[float, ...] | None = None
         self._spread = EARLY_STEP_S
 
+    @property
+    def samples(self) -> int:
+        """Render times learned so far."""
+        return len(self._samples)
+
     def observe(self, not_after: float, not_before: float | None) -> None:
         """A render finished after `not_before` s (None: it was done at its first
         look) and by `not_after` s from its create."""
@@ -91,7 +96,6 @@ class _GateState:
     outstanding: int = 0  # renders created and not yet seen finished
     sending: int = 0  # creates in flight
     successes: int = 0  # creates accepted since the cap last moved
-    throttles: int = 0
 
 
 class RenderGate:
@@ -146,7 +150,6 @@ class RenderGate:
         outstanding), so callers need not also slow every other request down."""
         s = self._state
         s.sending -= 1
-        s.throttles += 1
         self._wake()
         if s.outstanding == 0:
             return False

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from batcher import __version__, output
-from batcher.errors import EXIT_INPUT, EXIT_INTERRUPTED, BatcherError, JobFileError
+from batcher.errors import EXIT_INTERRUPTED, BatcherError, JobFileError
 
 log = logging.getLogger(__name__)
 
@@ -103,4 +103,4 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     output.configure_logging(debug=debug, quiet=quiet)
 
 
-__all__ = ["EXIT_INPUT", "main"]
+__all__ = ["main"]

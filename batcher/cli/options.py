@@ -48,6 +48,21 @@ base_url_option = click.option(
     help=f"API base URL [env {BASE_URL_ENV}; default {DEFAULT_BASE_URL}].",
 )
 
+# What `run` and `resume` requeue before sending; a joining `worker` takes the
+# batch as it is.
+requeue_options = _stack(
+    click.option(
+        "--resend-unconfirmed",
+        is_flag=True,
+        help="Re-send items in doubt (sent, answer lost): they may be charged twice.",
+    ),
+    click.option(
+        "--retry-failed",
+        is_flag=True,
+        help="Also retry items the API refused with a 4xx other than 429.",
+    ),
+)
+
 run_options = _stack(
     click.option(
         "--concurrency",
@@ -66,7 +81,8 @@ run_options = _stack(
         "--budget",
         type=click.IntRange(0),
         metavar="CREDITS",
-        help="Credit cap for the batch's net spend [default: the job file's budget].",
+        help="Credit cap for the batch's net spend [default: `run`: the job file's "
+        "budget; otherwise the batch's current one].",
     ),
     click.option(
         "--out",
@@ -77,16 +93,6 @@ run_options = _stack(
     ),
     click.option("--no-wait", is_flag=True, help="Submit only; do not follow renders."),
     click.option("--no-download", is_flag=True, help="Follow renders but save no images."),
-    click.option(
-        "--resend-unconfirmed",
-        is_flag=True,
-        help="Re-send items in doubt (sent, answer lost): they may be charged twice.",
-    ),
-    click.option(
-        "--retry-failed",
-        is_flag=True,
-        help="Also retry items the API refused with a 4xx other than 429.",
-    ),
     click.option(
         "--render-retries",
         type=click.IntRange(0, 10),

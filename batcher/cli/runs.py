@@ -16,7 +16,7 @@ import click
 from batcher import output, service
 from batcher.api import MagicHourClient
 from batcher.catalog import Catalog, load_catalog
-from batcher.cli.options import run_options
+from batcher.cli.options import requeue_options, run_options
 from batcher.config import ApiConfig, database_url
 from batcher.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from batcher.ledger.store import BatchRecord, Ledger, display_url
@@ -36,8 +36,6 @@ class _Flags:
     out_dir: Path | None
     no_wait: bool
     no_download: bool
-    resend_unconfirmed: bool
-    retry_failed: bool
     render_retries: int
     batch_concurrency: int | None
     batch_rate: float | None
@@ -45,6 +43,9 @@ class _Flags:
     db_url: str | None
     catalog_path: Path | None
     base_url: str | None
+    # Requeue choices: `run` and `resume` only.
+    resend_unconfirmed: bool = False
+    retry_failed: bool = False
 
     def options(self, *, joining: bool = False) -> RunOptions:
         return RunOptions(
@@ -198,6 +199,7 @@ def _flags(**kwargs: object) -> _Flags:
 )
 @click.option("--batch-name", metavar="NAME", help="Use this batch name instead of the file's.")
 @run_options
+@requeue_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -266,6 +268,7 @@ def _note_preparation(prepared: service.PreparedBatch, db_url: str) -> None:
     "--sandbox", is_flag=True, help="The batch was run with --sandbox: use a local emulator again."
 )
 @run_options
+@requeue_options
 @click.pass_context
 def resume(ctx: click.Context, /, batch_name: str, sandbox: bool, **kwargs: object) -> None:
     """Run again what is pending, failed-and-retryable or interrupted in a batch.
@@ -286,8 +289,9 @@ def worker(ctx: click.Context, /, batch_name: str, **kwargs: object) -> None:
     """Add one more worker to a batch whose ledger is shared (PostgreSQL).
 
     Workers claim items in small groups, so any number of them, on any number
-    of machines, can serve one batch; a worker that dies leaves its items to the
-    others once its lease expires (items it was sending become in doubt).
+    of machines, can serve one batch. A worker that dies leaves its items to the
+    others: at once on the same machine, else when its lease expires. Items it
+    was sending become in doubt.
     """
     _serve_existing(ctx, batch_name, _flags(**kwargs), sandbox=False, requeue=False)
 

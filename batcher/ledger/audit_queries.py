@@ -108,7 +108,7 @@ def credit_snapshot(
     # errors become LedgerError exactly as for every other ledger call. SQLite's
     # transaction already holds the write lock (BEGIN IMMEDIATE); PostgreSQL needs
     # REPEATABLE READ for its statements to share one snapshot.
-    with ledger._tx() as conn:
+    with ledger.transaction() as conn:
         if ledger.dialect == "postgresql":
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         results = [conn.execute(query).all() for query in queries]
@@ -204,7 +204,7 @@ def known_projects(ledger: Ledger, batch_id: int) -> list[KnownProject]:
         .where(CREDITS.c.batch_id == batch_id, CREDITS.c.kind == "charge")
         .order_by(CREDITS.c.id)
     )
-    with ledger._tx() as conn:
+    with ledger.transaction() as conn:
         rows = conn.execute(query).all()
     return [
         KnownProject(
@@ -238,7 +238,7 @@ def doubtful_items(ledger: Ledger, batch_ids: Sequence[int]) -> list[DoubtfulIte
         .where(ITEMS.c.batch_id.in_(list(batch_ids)), ITEMS.c.state == "unconfirmed")
         .order_by(ITEMS.c.batch_id, ITEMS.c.ordinal)
     )
-    with ledger._tx() as conn:
+    with ledger.transaction() as conn:
         rows = conn.execute(query).all()
     return [
         DoubtfulItem(

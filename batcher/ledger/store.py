@@ -21,7 +21,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -470,23 +470,24 @@ class Ledger:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _tx(self) -> _Transaction:
+    def transaction(self) -> _Transaction:
+        """One committed transaction; for the queries of this package only."""
         return _Transaction(self.engine)
 
     # ------------------------------------------------------------------ batches
 
     def get_batch(self, name: str) -> BatchRecord | None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(select(BATCHES).where(BATCHES.c.name == name)).first()
         return _batch(row) if row else None
 
     def get_batch_by_id(self, batch_id: int) -> BatchRecord:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id)).one()
         return _batch(row)
 
     def batch_names(self) -> list[str]:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return list(conn.scalars(select(BATCHES.c.name).order_by(BATCHES.c.id)))
 
     def open_batch(
@@ -500,7 +501,7 @@ class Ledger:
     ) -> tuple[BatchRecord, bool]:
         """The batch called `name`, created if new; returns (batch, created)."""
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(select(BATCHES).where(BATCHES.c.name == name)).first()
             created = row is None
             if row is None:
@@ -534,7 +535,7 @@ class Ledger:
         return _batch(fresh), created
 
     def update_settings(self, batch_id: int, settings: Mapping[str, Any]) -> None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             current = conn.scalar(select(BATCHES.c.settings).where(BATCHES.c.id == batch_id))
             conn.execute(
                 update(BATCHES)
@@ -543,13 +544,13 @@ class Ledger:
             )
 
     def set_budget(self, batch_id: int, budget: int | None) -> None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(budget=budget))
 
     def set_shared_limits(
         self, batch_id: int, *, rate: float | None, concurrency: int | None
     ) -> None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(BATCHES)
                 .where(BATCHES.c.id == batch_id)
@@ -558,7 +559,7 @@ class Ledger:
 
     def mark_finished(self, batch_id: int) -> None:
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(BATCHES)
                 .where(BATCHES.c.id == batch_id)
@@ -581,7 +582,7 @@ class Ledger:
         text. Streams: only keys are held in memory, never the prompts.
         """
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             existing = set(conn.scalars(select(ITEMS.c.key).where(ITEMS.c.batch_id == batch_id)))
             seen: set[str] = set()
             added = 0
@@ -620,7 +621,7 @@ class Ledger:
     # ------------------------------------------------------------------ workers
 
     def register_worker(self, worker: WorkerRecord) -> None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 insert(WORKERS).values(
                     id=worker.id,
@@ -637,7 +638,7 @@ class Ledger:
     def heartbeat(self, worker_id: str, *, lease_until: datetime, in_flight: int) -> None:
         """Prove the worker alive and extend the leases of everything it holds."""
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(WORKERS)
                 .where(WORKERS.c.id == worker_id)
@@ -655,7 +656,7 @@ class Ledger:
     def live_worker_count(self, batch_id: int, lease_s: float) -> int:
         """Workers of the batch that have not stopped and beat within a lease."""
         since = utcnow() - timedelta(seconds=lease_s)
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return int(
                 conn.scalar(
                     select(func.count()).where(
@@ -670,7 +671,7 @@ class Ledger:
     def stop_worker(self, worker_id: str) -> None:
         """A clean exit: give back every claim that is not mid-send."""
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(ITEMS)
                 .where(ITEMS.c.worker_id == worker_id, ITEMS.c.state != "sending")
@@ -690,7 +691,7 @@ class Ledger:
             query = query.where(WORKERS.c.batch_id == batch_id)
         if live_only:
             query = query.where(WORKERS.c.stopped_at.is_(None))
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return [_worker(row) for row in conn.execute(query)]
 
     def recover(
@@ -707,7 +708,7 @@ class Ledger:
         re-sent automatically. Everything else it held is released.
         """
         now = now or utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             candidates = [
                 _worker(row)
                 for row in conn.execute(
@@ -771,7 +772,7 @@ class Ledger:
         retryable = [FAILURE_TRANSIENT, FAILURE_RENDER]
         if retry_failed:
             retryable.append(FAILURE_REFUSED)
-        with self._tx() as conn:
+        with self.transaction() as conn:
             retried = conn.execute(
                 update(ITEMS)
                 .where(
@@ -808,7 +809,7 @@ class Ledger:
         return RequeueCounts(retried=retried, repoll=repoll, resend=resend)
 
     def state_counts(self, batch_id: int) -> dict[str, int]:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 select(ITEMS.c.state, func.count())
                 .where(ITEMS.c.batch_id == batch_id)
@@ -844,7 +845,7 @@ class Ledger:
         )
         if self.dialect == "postgresql":
             candidates = candidates.with_for_update(skip_locked=True)
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 update(ITEMS)
                 .where(ITEMS.c.id.in_(candidates.scalar_subquery()))
@@ -869,7 +870,7 @@ class Ledger:
             )
             if states is not None:
                 query = query.where(ITEMS.c.state.in_(states))
-            with self._tx() as conn:
+            with self.transaction() as conn:
                 rows = conn.execute(query).all()
             if not rows:
                 return
@@ -877,31 +878,10 @@ class Ledger:
                 yield _item(row)
             last_id = rows[-1].id
 
-    def charged_projects(self, batch_id: int) -> list[tuple[int, str, int, int]]:
-        """(item id, project id, charged, refunded) of every project ever created."""
-        refunds = (
-            select(CREDITS.c.project_id, CREDITS.c.credits)
-            .where(CREDITS.c.batch_id == batch_id, CREDITS.c.kind == "refund")
-            .subquery()
-        )
-        query = (
-            select(
-                CREDITS.c.item_id,
-                CREDITS.c.project_id,
-                CREDITS.c.credits,
-                func.coalesce(refunds.c.credits, 0),
-            )
-            .select_from(CREDITS.outerjoin(refunds, refunds.c.project_id == CREDITS.c.project_id))
-            .where(CREDITS.c.batch_id == batch_id, CREDITS.c.kind == "charge")
-            .order_by(CREDITS.c.id)
-        )
-        with self._tx() as conn:
-            return [(int(a), str(b), int(c), int(d)) for a, b, c, d in conn.execute(query)]
-
     def project_charges(self, project_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """(charged, refunded) per project id."""
         found: dict[str, list[int]] = {}
-        with self._tx() as conn:
+        with self.transaction() as conn:
             for start in range(0, len(project_ids), INSERT_CHUNK):
                 chunk = list(project_ids[start : start + INSERT_CHUNK])
                 for project_id, kind, credits in conn.execute(
@@ -917,7 +897,7 @@ class Ledger:
         """What the pending items of a batch ask for, grouped for preflight checks."""
         group = (ITEMS.c.model, ITEMS.c.resolution, ITEMS.c.image_count)
         pending = and_(ITEMS.c.batch_id == batch_id, ITEMS.c.state == "pending")
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 select(*group, func.count(), func.sum(ITEMS.c.estimate))
                 .where(pending)
@@ -956,7 +936,7 @@ class Ledger:
         if not batch_ids:
             return {}
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 select(ITEMS.c.batch_id, func.count())
                 .where(
@@ -972,7 +952,7 @@ class Ledger:
     def held_elsewhere(self, batch_id: int, worker_id: str) -> int:
         """Open items other workers hold under a live lease (they may come back)."""
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return int(
                 conn.scalar(
                     select(func.count()).where(
@@ -996,7 +976,7 @@ class Ledger:
             .where(CREDITS.c.batch_id == batch_id, CREDITS.c.kind == "charge")
             .group_by(ITEMS.c.model, ITEMS.c.resolution, ITEMS.c.image_count)
         )
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return {(m, r, int(n)): int(c) for m, r, n, c in conn.execute(query)}
 
     # ------------------------------------------------------------------ the runner's writes
@@ -1009,7 +989,7 @@ class Ledger:
         each operation is retried alone so that one bad row cannot sink the rest.
         """
         try:
-            with self._tx() as conn:
+            with self.transaction() as conn:
                 return self._apply(conn, ops)
         except LedgerError:
             if len(ops) == 1:
@@ -1017,7 +997,7 @@ class Ledger:
             log.warning("group commit failed; applying operations one by one", exc_info=True)
             results: list[bool | None] = []
             for op in ops:
-                with self._tx() as conn:
+                with self.transaction() as conn:
                     results.extend(self._apply(conn, [op]))
             return results
 
@@ -1236,7 +1216,7 @@ class Ledger:
         if credits <= 0:
             return False
         now = utcnow()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             deltas = _Deltas()
             recorded = self._insert_credits(
                 conn,
@@ -1262,7 +1242,7 @@ class Ledger:
         batches_query = select(BATCHES).order_by(BATCHES.c.id)
         if name is not None:
             batches_query = batches_query.where(BATCHES.c.name == name)
-        with self._tx() as conn:
+        with self.transaction() as conn:
             batches = conn.execute(batches_query).all()
             ids = [b.id for b in batches]
             if not ids:
@@ -1291,8 +1271,8 @@ class Ledger:
                 credits_charged=credits.get((b.id, "charge"), 0),
                 credits_refunded=credits.get((b.id, "refund"), 0),
                 budget=b.budget,
-                created_at=_aware(b.created_at),
-                finished_at=_aware(b.finished_at) if b.finished_at else None,
+                created_at=b.created_at,
+                finished_at=b.finished_at if b.finished_at else None,
             )
             for b in batches
         ]
@@ -1359,10 +1339,6 @@ def _excerpt(text: str, length: int = 60) -> str:
     return flat if len(flat) <= length else flat[: length - 1] + "…"
 
 
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 def _batch(row: Row[Any]) -> BatchRecord:
     return BatchRecord(
         id=row.id,
@@ -1375,9 +1351,9 @@ def _batch(row: Row[Any]) -> BatchRecord:
         credits_reserved=int(row.credits_reserved),
         shared_rate=row.shared_rate,
         shared_concurrency=row.shared_concurrency,
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
-        finished_at=_aware(row.finished_at) if row.finished_at else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at if row.finished_at else None,
     )
 
 
@@ -1424,9 +1400,9 @@ def _worker(row: Row[Any]) -> WorkerRecord:
         pid=row.pid,
         pid_start=row.pid_start,
         in_flight=row.in_flight,
-        started_at=_aware(row.started_at),
-        heartbeat_at=_aware(row.heartbeat_at),
-        stopped_at=_aware(row.stopped_at) if row.stopped_at else None,
+        started_at=row.started_at,
+        heartbeat_at=row.heartbeat_at,
+        stopped_at=row.stopped_at if row.stopped_at else None,
     )
 
 
@@ -1437,7 +1413,8 @@ def _db_message(exc: SQLAlchemyError) -> str:
 
 
 class _Transaction:
-    """`with self._tx() as conn:` one committed transaction; database errors become LedgerError."""
+    """`with ledger.transaction() as conn:` one committed transaction; database errors
+    become LedgerError."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

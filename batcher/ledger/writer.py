@@ -39,8 +39,6 @@ class LedgerWriter:
         self._wakeup = anyio.Event()
         self._thread = anyio.CapacityLimiter(1)
         self._closed = False
-        self.commits = 0
-        self.operations = 0
 
     async def apply(self, op: LedgerOp) -> bool | None:
         if self._closed:
@@ -87,8 +85,6 @@ class LedgerWriter:
                 waiter.error = exc
                 waiter.done.set()
             return
-        self.commits += 1
-        self.operations += len(group)
         for waiter, result in zip(group, results, strict=True):
             waiter.result = result
             waiter.done.set()

@@ -20,7 +20,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from batcher.sandbox.emulator import ImageJob
 
-LONG_SIDE: Final = 512
 SIZES: Final = {"1:1": (512, 512), "16:9": (512, 288), "9:16": (288, 512)}
 MARGIN: Final = 16
 PROMPT_SIZE: Final = 22

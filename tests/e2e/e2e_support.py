@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from batcher import service
 from batcher.api import MagicHourClient
 from batcher.catalog import load_catalog
 from batcher.config import ApiConfig
-from batcher.ledger.store import Ledger
-from batcher.runner import RunOptions, RunResult
+from batcher.ledger import audit_queries
+from batcher.ledger.store import BatchRecord, Ledger
+from batcher.runner import BatchRun, RunOptions, RunResult
 from batcher.sandbox import SandboxHandle
 
 
@@ -56,15 +56,19 @@ class Batch:
         budget: int | None = None,
         preflight: bool = False,
         key: str | None = None,
+        before: Callable[[Ledger, BatchRecord], BatchRecord] | None = None,
+        after: Callable[[BatchRun], None] | None = None,
         **options: Any,
     ) -> RunResult:
+        """Prepare (or resume) the batch and run it as the CLI does. `before` may
+        change the batch first; `after` may look at the finished BatchRun."""
         options.setdefault("out_dir", self.tmp / "out")
         options.setdefault("concurrency", 8)
         catalog = load_catalog()
         api = ApiConfig(self.sandbox.base_url, key or self.sandbox.key)
         with self.ledger() as ledger:
+            [spec] = service.load_jobs([self.job], catalog)
             if resume:
-                [spec] = service.load_jobs([self.job], catalog)
                 prepared = service.resume_batch(
                     ledger,
                     spec.name,
@@ -73,7 +77,6 @@ class Batch:
                     resend_unconfirmed=resend_unconfirmed,
                 )
             else:
-                [spec] = service.load_jobs([self.job], catalog)
                 prepared = service.prepare_batch(
                     ledger,
                     spec,
@@ -82,53 +85,65 @@ class Batch:
                     retry_failed=retry_failed,
                     resend_unconfirmed=resend_unconfirmed,
                 )
+            batch = before(ledger, prepared.batch) if before else prepared.batch
 
             async def go() -> RunResult:
                 async with MagicHourClient(api, concurrency=options["concurrency"]) as client:
                     if preflight:
-                        await service.preflight(client, ledger, prepared.batch, catalog)
-                    run = service.new_run(ledger, client, prepared.batch, RunOptions(**options))
-                    return await run.run()
+                        await service.preflight(client, ledger, batch, catalog)
+                    run = service.new_run(ledger, client, batch, RunOptions(**options))
+                    result = await run.run()
+                    if after is not None:
+                        after(run)
+                    return result
 
             return anyio.run(go)
 
-    def journal_by_name(self) -> dict[str, list[Any]]:
-        entries: dict[str, list[Any]] = {}
-        for entry in self.sandbox.journal():
-            entries.setdefault(entry.name or "", []).append(entry)
-        return entries
+
+def check_against_journal(
+    db_url: str, journal: Sequence[Mapping[str, Any]], *, settled: bool = True
+) -> dict[str, int]:
+    """Hold the ledger against what the server saw (its journal); return the states.
+
+    - Every project the ledger knows was charged what the server says, and
+      refunded what it says once settled (a run killed before it saw a refund
+      leaves it to the next one).
+    - What the server created and the ledger never heard of belongs to an item in
+      doubt: `unconfirmed`, or right after a kill `sending` (intent written,
+      answer not).
+    - No item has two live projects: only a failed render is created again.
+    """
+    with Ledger.open(db_url) as ledger:
+        [summary] = ledger.batch_summaries()
+        items = list(ledger.items(summary.id))
+        known = audit_queries.known_projects(ledger, summary.id)
+    by_id = {entry["id"]: entry for entry in journal}
+    for project in known:
+        entry = by_id[project.project_id]
+        assert entry["credits_charged"] == project.charged, project.project_id
+        if settled:
+            assert entry["credits_refunded"] == project.refunded, project.project_id
+        else:
+            assert project.refunded in (0, entry["credits_refunded"]), project.project_id
+    doubtful = ("unconfirmed",) if settled else ("sending", "unconfirmed")
+    in_doubt = {i.project_name for i in items if i.state in doubtful}
+    known_ids = {project.project_id for project in known}
+    for entry in journal:
+        if entry["id"] not in known_ids:
+            assert entry["name"] in in_doubt, f"{entry['id']} was created for nothing we know"
+    live: dict[str, int] = {}
+    for entry in journal:
+        if entry["status"] != "error":
+            live[entry["name"]] = live.get(entry["name"], 0) + 1
+    twice = [name for name, count in live.items() if count > 1]
+    assert not twice, f"created twice: {twice}"
+    if settled:
+        assert not [i for i in items if i.state == "sending"], "a send left half-recorded"
+    return dict(summary.states)
 
 
 def assert_exactly_once(batch: Batch) -> None:
-    """Every item the ledger knows a project for was created exactly once, and the
-    ledger's credits equal the server's for those projects; anything else the
-    server created belongs to an item in doubt."""
-    with batch.ledger() as ledger:
-        [summary] = ledger.batch_summaries()
-        batch_id = summary.id
-        items = list(ledger.items(batch_id))
-        charged = ledger.charged_projects(batch_id)
-    journal = {entry.id: entry for entry in batch.sandbox.journal()}
-    known = {project_id for _, project_id, _, _ in charged}
-    for _, project_id, credits, refunded in charged:
-        entry = journal[project_id]
-        assert entry.credits_charged == credits, project_id
-        assert entry.credits_refunded == refunded, project_id
-    in_doubt_names = {i.project_name for i in items if i.state == "unconfirmed"}
-    for entry in journal.values():
-        if entry.id not in known:
-            assert entry.name in in_doubt_names, f"unrecorded project {entry.id} ({entry.name})"
-    live_names = [journal[p].name for p in known if journal[p].status != "error"]
-    assert len(live_names) == len(set(live_names)), "an item has two live projects"
-    ledger_net = sum(c - r for _, _, c, r in charged)
-    server_net = sum(journal[p].credits_charged - journal[p].credits_refunded for p in known)
-    assert ledger_net == server_net
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    check_against_journal(batch.db_url, [entry.as_dict() for entry in batch.sandbox.journal()])
 
 
 def batcher_command(*args: str) -> list[str]:

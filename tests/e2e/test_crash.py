@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import ExternalSandbox, batcher_command, cli_env, prompts, write_job
+from e2e_support import (
+    ExternalSandbox,
+    batcher_command,
+    check_against_journal,
+    cli_env,
+    prompts,
+    write_job,
+)
 
 from batcher.ledger.store import Ledger
 from batcher.runner import SENDERS_PER_SLOT
@@ -54,42 +61,6 @@ def _commands(job: Path, sandbox: ExternalSandbox, db: str, out: Path) -> tuple[
     run = batcher_command("-q", "run", str(job), *common)
     resume = batcher_command("-q", "resume", "crash", *common)
     return run, resume
-
-
-def _check_against_journal(
-    db: str, journal: list[dict[str, Any]], *, settled: bool = False
-) -> dict[str, int]:
-    with Ledger.open(db) as ledger:
-        [summary] = ledger.batch_summaries()
-        items = list(ledger.items(summary.id))
-        charged = ledger.charged_projects(summary.id)
-    by_id = {entry["id"]: entry for entry in journal}
-    known = {project_id for _, project_id, _, _ in charged}
-    # The ledger knows every project it was told about, at the server's price.
-    for _, project_id, credits, refunded in charged:
-        assert by_id[project_id]["credits_charged"] == credits
-        # A refund the killed run had not seen yet is recorded by the next one.
-        if settled:
-            assert by_id[project_id]["credits_refunded"] == refunded
-        else:
-            assert refunded in (0, by_id[project_id]["credits_refunded"])
-    # What the server created and the ledger never heard of belongs to an item in
-    # doubt: `sending` right after a kill (the intent was written, the answer was
-    # not), `unconfirmed` once a later run has settled that.
-    in_doubt = {i.project_name for i in items if i.state in ("sending", "unconfirmed")}
-    for entry in journal:
-        if entry["id"] not in known:
-            assert entry["name"] in in_doubt, f"{entry['id']} was created for nothing we know"
-    # Exactly once: no item has two projects unless a render failed first.
-    per_item: dict[str, list[dict[str, Any]]] = {}
-    for entry in journal:
-        per_item.setdefault(entry["name"], []).append(entry)
-    for name, entries in per_item.items():
-        live = [e for e in entries if e["status"] != "error"]
-        assert len(live) <= 1, f"{name} was created {len(live)} times"
-    if settled:
-        assert not [i for i in items if i.state == "sending"], "a send left half-recorded"
-    return summary.states
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path, external_sandbox: Any) -> None:
@@ -130,13 +101,13 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, external_sandbox:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait(timeout=30)
-        _check_against_journal(db, sandbox.journal())
+        check_against_journal(db, sandbox.journal(), settled=False)
     assert kills >= KILLS // 2, "the runs finished before they could be killed"
     final = subprocess.run(
         resume, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert final.returncode in (0, 1), final.stderr
-    states = _check_against_journal(db, sandbox.journal(), settled=True)
+    states = check_against_journal(db, sandbox.journal())
     assert states["pending"] == 0
     assert states["submitted"] == 0
     settled = states["complete"] + states["failed"] + states["unconfirmed"]
@@ -170,6 +141,6 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path, external_sandb
         resume, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert final.returncode == 0, final.stderr
-    states = _check_against_journal(db, sandbox.journal(), settled=True)
+    states = check_against_journal(db, sandbox.journal())
     assert states["complete"] == 40
     assert len(sandbox.journal()) == 40

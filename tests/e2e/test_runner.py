@@ -14,8 +14,11 @@ import pytest
 from e2e_support import Batch, assert_exactly_once, prompts
 from PIL import Image
 
+from batcher import service
 from batcher.errors import AuthError, PreflightError
+from batcher.ledger.store import BatchRecord, Ledger
 from batcher.runner import STOP_BUDGET
+from batcher.workers import new_worker
 
 MakeBatch = Any
 
@@ -238,34 +241,39 @@ def test_manifest_and_files_never_collide_for_identical_prompts(
 
 
 def test_workers_split_the_batchs_shared_ceilings(make_batch: MakeBatch) -> None:
-    import anyio
-
-    from batcher import service
-    from batcher.api import MagicHourClient
-    from batcher.catalog import load_catalog
-    from batcher.config import ApiConfig
-    from batcher.runner import RunOptions
-    from batcher.workers import new_worker
-
     batch = make_batch(prompts(6))
-    catalog = load_catalog()
-    with batch.ledger() as ledger:
-        [spec] = service.load_jobs([batch.job], catalog)
-        prepared = service.prepare_batch(
-            ledger, spec, catalog, budget=None, retry_failed=False, resend_unconfirmed=False
-        )
-        record = service.set_shared_limits(ledger, prepared.batch, rate=8.0, concurrency=6)
+
+    def share(ledger: Ledger, record: BatchRecord) -> BatchRecord:
         ledger.register_worker(new_worker(record.id))  # a peer, alive right now
+        return service.set_shared_limits(ledger, record, rate=8.0, concurrency=6)
 
-        async def go() -> tuple[int, float | None]:
-            api = ApiConfig(batch.sandbox.base_url, batch.sandbox.key)
-            async with MagicHourClient(api, concurrency=16) as client:
-                run = service.new_run(
-                    ledger, client, record, RunOptions(concurrency=16, out_dir=batch.tmp / "o")
-                )
-                result = await run.run()
-                assert result.succeeded
-                return run.limiter.ceiling, run.limiter.rate
+    ceilings: list[tuple[int, float | None]] = []
+    result = batch.run(
+        concurrency=16,
+        before=share,
+        after=lambda run: ceilings.append((run.limiter.ceiling, run.limiter.rate)),
+    )
+    assert result.succeeded
+    assert ceilings == [(3, 4.0)]
 
-        ceiling, rate = anyio.run(go)
-    assert (ceiling, rate) == (3, 4.0)
+
+def test_renders_adopted_on_resume_teach_the_poll_planner_nothing(make_batch: MakeBatch) -> None:
+    # Their age is unknown: learning from it would teach render times of zero.
+    batch = make_batch(prompts(5))
+    batch.run(wait=False)
+    learned: list[int] = []
+    result = batch.run(resume=True, after=lambda run: learned.append(run.planner.samples))
+    assert result.succeeded
+    assert learned == [0]
+
+
+def test_a_batch_with_nothing_left_to_do_is_marked_finished(make_batch: MakeBatch) -> None:
+    batch = make_batch(prompts(3))
+    batch.run(wait=False)
+    with batch.ledger() as ledger:
+        [summary] = ledger.batch_summaries()
+    assert summary.finished_at is None, "renders are still to follow"
+    batch.run(resume=True)
+    with batch.ledger() as ledger:
+        [summary] = ledger.batch_summaries()
+    assert summary.finished_at is not None

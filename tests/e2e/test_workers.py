@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import ExternalSandbox, batcher_command, cli_env, prompts, write_job
+from e2e_support import (
+    ExternalSandbox,
+    batcher_command,
+    check_against_journal,
+    cli_env,
+    prompts,
+    write_job,
+)
 
 from batcher.ledger.store import Ledger
 from batcher.runner import SENDERS_PER_SLOT
@@ -58,29 +65,13 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 def _check(db: str, journal: list[dict[str, Any]]) -> dict[str, int]:
+    states = check_against_journal(db, journal)
+    assert not any(states[state] for state in ("sending", "pending", "submitted"))
     with Ledger.open(db) as ledger:
-        [summary] = ledger.batch_summaries()
-        items = list(ledger.items(summary.id))
-        charged = ledger.charged_projects(summary.id)
-        workers = ledger.workers(summary.id)
-    by_id = {entry["id"]: entry for entry in journal}
-    known = {project_id for _, project_id, _, _ in charged}
-    for _, project_id, credits, refunded in charged:
-        assert by_id[project_id]["credits_charged"] == credits
-        assert by_id[project_id]["credits_refunded"] == refunded
-    in_doubt = {i.project_name for i in items if i.state == "unconfirmed"}
-    for entry in journal:
-        if entry["id"] not in known:
-            assert entry["name"] in in_doubt, f"{entry['id']} was created for nothing we know"
-    per_item: dict[str, int] = {}
-    for entry in journal:
-        if entry["status"] != "error":
-            per_item[entry["name"]] = per_item.get(entry["name"], 0) + 1
-    assert max(per_item.values()) == 1, "an item was created twice"
-    assert not [i for i in items if i.state in ("sending", "pending", "submitted")]
+        workers = ledger.workers()
     assert len(workers) >= 3
     assert all(w.stopped_at is not None for w in workers), "every worker was accounted for"
-    return dict(summary.states)
+    return states
 
 
 def _run_three_workers(

@@ -21,6 +21,7 @@ from batcher import retry
 from batcher.api import MagicHourClient
 from batcher.config import ApiConfig
 from batcher.errors import AuthError, ConfigError
+from batcher.ledger import audit_queries
 from batcher.ledger.models import utcnow
 from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished, SendFailed
 from batcher.reconcile import ReconcileReport, reconcile
@@ -117,9 +118,9 @@ def wait_for_renders(sandbox: SandboxHandle, timeout: float = 10.0) -> None:
 
 def ledger_refunds(ledger: Ledger, batch_id: int) -> dict[str, int]:
     return {
-        project: refunded
-        for _item, project, _charged, refunded in ledger.charged_projects(batch_id)
-        if refunded
+        project.project_id: project.refunded
+        for project in audit_queries.known_projects(ledger, batch_id)
+        if project.refunded
     }
 
 
