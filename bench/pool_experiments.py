@@ -40,8 +40,8 @@ import anyio
 import httpcore
 import httpx
 
-from batcher.api import MagicHourClient, PooledTransport
-from batcher.config import ApiConfig
+from batcher.client.magic_hour import MagicHourClient, PooledTransport
+from batcher.settings import ApiConfig
 
 CREATE_PATH = "/v1/ai-image-generator"
 RESPONSE_BODY = b'{"id":"cm1abcdefghijklmnop","credits_charged":5,"frame_cost":5}'
@@ -269,7 +269,7 @@ def _sharded(per_shard: int, policy: str, lean: bool) -> Opener:
 
 
 def _pooled(direct: bool) -> Opener:
-    """batcher.api.PooledTransport, through AsyncClient.post or straight into the transport."""
+    """batcher.client.pool.PooledTransport, through AsyncClient.post or straight into the transport."""
 
     @contextlib.asynccontextmanager
     async def opener(base_url: str, workers: int) -> AsyncIterator[Create]:
@@ -321,7 +321,7 @@ def _pooled(direct: bool) -> Opener:
 
 @contextlib.asynccontextmanager
 async def magichour(base_url: str, workers: int) -> AsyncIterator[Create]:
-    """What ships: batcher.api.MagicHourClient.create_image, parsing and all."""
+    """What ships: batcher.client.magic_hour.MagicHourClient.create_image, parsing and all."""
     config = ApiConfig(base_url=base_url, api_key=API_KEY)
     async with MagicHourClient(config, concurrency=workers) as client:
 

@@ -294,9 +294,10 @@ def write_job(folder: Path, name: str, count: int) -> Path:
 
 def bodies_of(job: Path) -> list[dict[str, Any]]:
     """The create bodies batcher sends for this job, built with batcher's own code."""
-    from batcher.catalog import load_catalog
-    from batcher.jobfile import load_job
-    from batcher.spec import create_body, project_name
+    from batcher.client.body import create_body
+    from batcher.jobfile.catalog import load_catalog
+    from batcher.jobfile.items import project_name
+    from batcher.jobfile.loader import load_job
 
     spec = load_job(job, load_catalog())
     return [
@@ -767,10 +768,10 @@ def resume_probe(db: str, name: str) -> int:
     create, in the same order, each timed. Prints one JSON object."""
     from datetime import timedelta
 
-    from batcher import service
     from batcher.ledger.models import utcnow
     from batcher.ledger.store import Ledger
-    from batcher.workers import LEASE_S, is_dead, new_worker
+    from batcher.run import prepare as service
+    from batcher.run.liveness import LEASE_S, is_dead, new_worker
 
     timings: dict[str, float] = {}
 

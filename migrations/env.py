@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
-from batcher.config import database_url
 from batcher.ledger.models import Base
+from batcher.settings import database_url
 
 config = context.config
 target_metadata = Base.metadata

@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from batcher import __version__, output
+from batcher import __version__
 from batcher.errors import EXIT_INTERRUPTED, BatcherError, JobFileError
+from batcher.terminal import console as output
 
 log = logging.getLogger(__name__)
 

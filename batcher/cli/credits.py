@@ -14,14 +14,17 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from batcher import audit, output, retry, service
-from batcher.api import Account, MagicHourClient
 from batcher.cli.options import base_url_option, db_option
-from batcher.config import DEFAULT_CONCURRENCY, ApiConfig, database_url
+from batcher.client import retry
+from batcher.client.magic_hour import Account, MagicHourClient
 from batcher.errors import EXIT_FAILURE, EXIT_OK, BatcherError
 from batcher.ledger.audit_queries import GROUP_KEYS
 from batcher.ledger.store import Ledger, display_url
-from batcher.reconcile import ReconcileReport, excerpt, reconcile, reconcile_json
+from batcher.reports import audit
+from batcher.reports.reconcile import ReconcileReport, excerpt, reconcile, reconcile_json
+from batcher.run import prepare as service
+from batcher.settings import DEFAULT_CONCURRENCY, ApiConfig, database_url
+from batcher.terminal import console as output
 
 
 def _when(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:

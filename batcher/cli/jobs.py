@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import click
 
-from batcher import output
-from batcher.catalog import CATALOG_ENV, load_catalog
 from batcher.errors import EXIT_INPUT, Problem
-from batcher.jobfile import JobSpec, collect_jobs
-from batcher.planning import build_plan, plan_document, render_plans
+from batcher.jobfile.catalog import CATALOG_ENV, load_catalog
+from batcher.jobfile.loader import JobSpec, collect_jobs
+from batcher.jobfile.plan import build_plan, plan_document, render_plans
+from batcher.terminal import console as output
 
 catalog_option = click.option(
     "--catalog",

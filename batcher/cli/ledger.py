@@ -7,10 +7,11 @@ import json
 import click
 from rich.table import Table
 
-from batcher import output, reports
 from batcher.cli.options import db_option
-from batcher.config import database_url
 from batcher.ledger.store import STATES, Ledger, display_url
+from batcher.reports import status as reports
+from batcher.settings import database_url
+from batcher.terminal import console as output
 
 
 @click.command()

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from batcher.config import (
+from batcher.settings import (
     BASE_URL_ENV,
     DATABASE_URL_ENV,
     DEFAULT_BASE_URL,

@@ -13,15 +13,16 @@ from typing import TypeVar
 import anyio
 import click
 
-from batcher import output, service
-from batcher.api import MagicHourClient
-from batcher.catalog import Catalog, load_catalog
 from batcher.cli.options import requeue_options, run_options
-from batcher.config import ApiConfig, database_url
+from batcher.client.magic_hour import MagicHourClient
 from batcher.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, ConfigError
+from batcher.jobfile.catalog import Catalog, load_catalog
 from batcher.ledger.store import BatchRecord, Ledger, display_url
-from batcher.progress import RunDisplay, summary_table
-from batcher.runner import STOP_INTERRUPTED, BatchRun, RunOptions, RunResult
+from batcher.run import prepare as service
+from batcher.run.batch_run import STOP_INTERRUPTED, BatchRun, RunOptions, RunResult
+from batcher.settings import ApiConfig, database_url
+from batcher.terminal import console as output
+from batcher.terminal.progress import RunDisplay, summary_table
 
 T = TypeVar("T")
 

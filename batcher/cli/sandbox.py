@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from batcher import output
 from batcher.errors import ConfigError
 from batcher.sandbox import HONEST, SANDBOX_KEY, SandboxConfig, serve
 from batcher.sandbox.config import DEFAULT_CREDITS, DEFAULT_TIER, parse_retry_after
 from batcher.sandbox.emulator import Emulator
+from batcher.terminal import console as output
 
 _DEFAULTS = SandboxConfig()
 _RATE = click.FloatRange(0.0, 1.0)

@@ -49,9 +49,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.elements import BindParameter
 
 from batcher.errors import ConfigError, LedgerError, LedgerMissingError
+from batcher.jobfile.items import ItemSettings, JobItem
 from batcher.ledger import migrate
 from batcher.ledger.models import Batch, CreditEvent, Item, UTCDateTime, Worker, utcnow
-from batcher.spec import ItemSettings, JobItem
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple, Protocol
 from urllib.parse import parse_qs
 
-from batcher.catalog import Catalog, load_catalog
+from batcher.jobfile.catalog import Catalog, load_catalog
+from batcher.jobfile.items import ItemSettings
 from batcher.sandbox.config import HONEST, SandboxConfig
-from batcher.spec import ItemSettings
 
 Headers = tuple[tuple[bytes, bytes], ...]
 

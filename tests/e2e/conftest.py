@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from e2e_support import Batch, ExternalSandbox, batcher_command, cli_env, write_job
 
-from batcher import retry
+from batcher.client import retry
 
 
 @pytest.fixture(autouse=True)

@@ -14,14 +14,14 @@ import anyio
 import httpx
 import yaml
 
-from batcher import service
-from batcher.api import MagicHourClient
-from batcher.catalog import load_catalog
-from batcher.config import ApiConfig
+from batcher.client.magic_hour import MagicHourClient
+from batcher.jobfile.catalog import load_catalog
 from batcher.ledger import audit_queries
 from batcher.ledger.store import BatchRecord, Ledger
-from batcher.runner import BatchRun, RunOptions, RunResult
+from batcher.run import prepare as service
+from batcher.run.batch_run import BatchRun, RunOptions, RunResult
 from batcher.sandbox import SandboxHandle
+from batcher.settings import ApiConfig
 
 
 def write_job(folder: Path, prompts: Sequence[Any], **top: Any) -> Path:

@@ -22,12 +22,13 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from batcher import retry
 from batcher.cli import main
+from batcher.client import retry
+from batcher.client.body import create_body
+from batcher.jobfile.items import ItemSettings, JobItem, project_name
 from batcher.ledger.models import utcnow
 from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished, SendFailed
 from batcher.sandbox import SandboxHandle
-from batcher.spec import ItemSettings, JobItem, create_body, project_name
 
 MakeSandbox = Callable[..., SandboxHandle]  # the `make_sandbox` fixture of tests/conftest.py
 

@@ -14,11 +14,11 @@ import pytest
 from e2e_support import Batch, assert_exactly_once, prompts
 from PIL import Image
 
-from batcher import service
 from batcher.errors import AuthError, PreflightError
 from batcher.ledger.store import BatchRecord, Ledger
-from batcher.runner import STOP_BUDGET
-from batcher.workers import new_worker
+from batcher.run import prepare as service
+from batcher.run.batch_run import STOP_BUDGET
+from batcher.run.liveness import new_worker
 
 MakeBatch = Any
 

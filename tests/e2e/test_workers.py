@@ -28,7 +28,7 @@ from e2e_support import (
 )
 
 from batcher.ledger.store import Ledger
-from batcher.runner import SENDERS_PER_SLOT
+from batcher.run.batch_run import SENDERS_PER_SLOT
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from batcher import audit
 from batcher.errors import ConfigError
+from batcher.jobfile.items import ItemSettings, JobItem
 from batcher.ledger import store
 from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished, SendFailed
-from batcher.spec import ItemSettings, JobItem
+from batcher.reports import audit
 
 
 class Clock:

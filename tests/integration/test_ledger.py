@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from batcher.jobfile.items import ItemSettings, JobItem
 from batcher.ledger.models import utcnow
 from batcher.ledger.store import (
     FAILURE_DOWNLOAD,
@@ -22,8 +23,7 @@ from batcher.ledger.store import (
     SendFailed,
     WorkerRecord,
 )
-from batcher.spec import ItemSettings, JobItem
-from batcher.workers import is_dead, new_worker
+from batcher.run.liveness import is_dead, new_worker
 
 SETTINGS = ItemSettings("z-image-turbo", None, "1:1", "general", 1)
 

@@ -17,16 +17,17 @@ from typing import Any
 import httpx
 import pytest
 
-from batcher import retry
-from batcher.api import MagicHourClient
-from batcher.config import ApiConfig
+from batcher.client import retry
+from batcher.client.body import create_body
+from batcher.client.magic_hour import MagicHourClient
 from batcher.errors import AuthError, ConfigError
+from batcher.jobfile.items import ItemSettings, JobItem, project_name
 from batcher.ledger import audit_queries
 from batcher.ledger.models import utcnow
 from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished, SendFailed
-from batcher.reconcile import ReconcileReport, reconcile
+from batcher.reports.reconcile import ReconcileReport, reconcile
 from batcher.sandbox import SandboxHandle
-from batcher.spec import ItemSettings, JobItem, create_body, project_name
+from batcher.settings import ApiConfig
 
 MakeSandbox = Callable[..., SandboxHandle]  # the `make_sandbox` fixture of tests/conftest.py
 

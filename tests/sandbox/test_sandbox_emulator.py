@@ -12,7 +12,7 @@ import yaml
 from PIL import ImageFont
 from sandbox_support import body
 
-from batcher.catalog import packaged_catalog_path
+from batcher.jobfile.catalog import packaged_catalog_path
 from batcher.sandbox import HONEST, SandboxConfig
 from batcher.sandbox.config import parse_retry_after
 from batcher.sandbox.emulator import Emulator, ImageJob, Reply

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from batcher.catalog import Catalog, load_catalog
-from batcher.jobfile import JobSpec, load_job
+from batcher.jobfile.catalog import Catalog, load_catalog
+from batcher.jobfile.loader import JobSpec, load_job
 
 WriteJob = Callable[..., Path]
 LoadText = Callable[..., JobSpec]

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batcher.api import (
+from batcher.client.magic_hour import (
     CREATE_PATH,
     MESSAGE_EXCERPT_CHARS,
     Account,
@@ -21,7 +21,6 @@ from batcher.api import (
     ProjectStatus,
     parse_retry_after,
 )
-from batcher.config import ApiConfig
 from batcher.errors import (
     ApiError,
     AuthError,
@@ -32,6 +31,7 @@ from batcher.errors import (
     MalformedResponseError,
     ResponseLostError,
 )
+from batcher.settings import ApiConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -402,7 +402,7 @@ def _record_text(record: logging.LogRecord) -> str:
 async def test_key_never_appears_in_errors_reprs_or_logs(
     all_logs: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    from batcher import retry
+    from batcher.client import retry
 
     answers = iter(
         [

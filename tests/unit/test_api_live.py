@@ -21,8 +21,7 @@ import anyio
 import pytest
 import uvicorn
 
-from batcher.api import MagicHourClient, PooledTransport, Timeouts
-from batcher.config import ApiConfig
+from batcher.client.magic_hour import MagicHourClient, PooledTransport, Timeouts
 from batcher.errors import (
     ApiError,
     AuthError,
@@ -30,6 +29,7 @@ from batcher.errors import (
     DownloadExpiredError,
     ResponseLostError,
 )
+from batcher.settings import ApiConfig
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from batcher import audit
 from batcher.errors import ConfigError
 from batcher.ledger.audit_queries import CreditGroup
+from batcher.reports import audit
 
 
 def report(

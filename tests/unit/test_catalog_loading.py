@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from batcher.catalog import load_catalog, packaged_catalog_path
 from batcher.errors import CatalogError, JobFileError
-from batcher.jobfile import load_job
+from batcher.jobfile.catalog import load_catalog, packaged_catalog_path
+from batcher.jobfile.loader import load_job
 
 WriteJob = Callable[..., Path]  # the fixture of conftest.py
 

@@ -6,9 +6,9 @@ import datetime
 from collections.abc import Callable
 from pathlib import Path
 
-from batcher.catalog import Catalog
-from batcher.jobfile import JobSpec, load_job
-from batcher.spec import identity_digest, item_key
+from batcher.jobfile.catalog import Catalog
+from batcher.jobfile.items import identity_digest, item_key
+from batcher.jobfile.loader import JobSpec, load_job
 
 LoadText = Callable[..., JobSpec]  # the fixtures of conftest.py
 WriteJob = Callable[..., Path]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from batcher.catalog import Catalog
 from batcher.errors import JobFileError, Problem
-from batcher.jobfile import JobSpec, load_job
-from batcher.spec import ItemSettings, JobItem
+from batcher.jobfile.catalog import Catalog
+from batcher.jobfile.items import ItemSettings, JobItem
+from batcher.jobfile.loader import JobSpec, load_job
 
 LoadText = Callable[..., JobSpec]  # the fixtures of conftest.py
 WriteJob = Callable[..., Path]

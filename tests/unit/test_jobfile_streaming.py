@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from batcher.catalog import Catalog
-from batcher.jobfile import load_job
+from batcher.jobfile.catalog import Catalog
+from batcher.jobfile.loader import load_job
 
 WriteJob = Callable[..., Path]  # the fixture of conftest.py
 

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from batcher.limits import BACKOFF_INITIAL, AdaptiveLimiter
+from batcher.run.limits import BACKOFF_INITIAL, AdaptiveLimiter
 
 pytestmark = pytest.mark.anyio
 

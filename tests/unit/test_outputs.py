@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from batcher.outputs import Manifest, batch_folder, image_name, slug
+from batcher.run.files import Manifest, batch_folder, image_name, slug
 
 
 def test_slug_is_short_safe_and_readable() -> None:

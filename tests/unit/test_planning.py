@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from batcher.catalog import Catalog
-from batcher.jobfile import JobSpec
-from batcher.planning import ModelPlan, Plan, build_plan, plan_document, render_plans
+from batcher.jobfile.catalog import Catalog
+from batcher.jobfile.loader import JobSpec
+from batcher.jobfile.plan import ModelPlan, Plan, build_plan, plan_document, render_plans
 
 LoadText = Callable[..., JobSpec]  # the fixture of conftest.py
 

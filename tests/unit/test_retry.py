@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from batcher import retry
+from batcher.client import retry
 from batcher.errors import (
     ApiError,
     AuthError,
@@ -98,7 +98,7 @@ def test_instant_switch_removes_every_wait() -> None:
 
 
 def test_environment_switch_is_read_at_import() -> None:
-    code = "from batcher import retry; print(retry.waiting())"
+    code = "from batcher.client import retry; print(retry.waiting())"
     env = {**os.environ, retry.INSTANT_ENV: "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -178,9 +178,9 @@ async def test_reads_retry_transport_errors_and_stop_at_other_4xx() -> None:
 
 @pytest.mark.usefixtures("instant")
 async def test_retries_are_logged_with_stable_fields(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="batcher.retry")
+    caplog.set_level(logging.INFO, logger="batcher.client.retry")
     await run_create(Flaky(ApiError(429, "x", retry_after=4), ConnectError("x")))
-    records = [r for r in caplog.records if r.name == "batcher.retry"]
+    records = [r for r in caplog.records if r.name == "batcher.client.retry"]
     assert [r.__dict__["event"] for r in records] == ["retry.create", "retry.create"]
     assert [r.__dict__["attempt"] for r in records] == [1, 2]
     assert [r.__dict__["status"] for r in records] == [429, None]

@@ -7,7 +7,7 @@ import random
 import anyio
 import pytest
 
-from batcher.tracking import FIRST_POLL_S, MAX_STEP_S, PollPlanner, RenderGate
+from batcher.run.pacing import FIRST_POLL_S, MAX_STEP_S, PollPlanner, RenderGate
 
 
 def test_without_samples_polls_like_the_sdk_then_backs_off() -> None:

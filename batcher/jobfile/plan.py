@@ -17,9 +17,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from batcher.catalog import Catalog, Estimate
-from batcher.jobfile import JobSpec
-from batcher.spec import ItemSettings
+from batcher.jobfile.catalog import Catalog, Estimate
+from batcher.jobfile.items import ItemSettings
+from batcher.jobfile.loader import JobSpec
 
 __all__ = ["ModelPlan", "Plan", "build_plan", "plan_document", "render_plans"]
 

@@ -26,13 +26,13 @@ from typing import Final, Protocol
 import anyio
 import anyio.to_thread
 
-from batcher import retry
-from batcher.api import ProjectStatus
+from batcher.client import retry
+from batcher.client.magic_hour import ProjectStatus
 from batcher.errors import ApiError, AuthError, BatcherError, TransportError
 from batcher.ledger import audit_queries
 from batcher.ledger.audit_queries import DoubtfulItem, KnownProject
 from batcher.ledger.store import BatchRecord, Ledger
-from batcher.service import find_batch
+from batcher.run.prepare import find_batch
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,9 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from batcher import retry
-from batcher.api import CreatedProject, ProjectStatus
+from batcher.client import retry
+from batcher.client.body import create_body
+from batcher.client.magic_hour import CreatedProject, ProjectStatus
 from batcher.errors import (
     ApiError,
     AuthError,
@@ -61,11 +62,10 @@ from batcher.ledger.store import (
     SendFailed,
 )
 from batcher.ledger.writer import LedgerWriter
-from batcher.limits import AdaptiveLimiter
-from batcher.outputs import Manifest, batch_folder, image_name
-from batcher.spec import create_body
-from batcher.tracking import PollPlanner, RenderGate
-from batcher.workers import HEARTBEAT_S, LEASE_S, is_dead, new_worker
+from batcher.run.files import Manifest, batch_folder, image_name
+from batcher.run.limits import AdaptiveLimiter
+from batcher.run.liveness import HEARTBEAT_S, LEASE_S, is_dead, new_worker
+from batcher.run.pacing import PollPlanner, RenderGate
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _kind(item: ItemRecord) -> tuple[str, str | None, int]:
 
 
 class ImageApi(Protocol):
-    """What the runner needs of the API client (batcher.api.MagicHourClient)."""
+    """What the runner needs of the API client (batcher.client.magic_hour.MagicHourClient)."""
 
     async def create_image(self, body: Mapping[str, Any]) -> CreatedProject: ...
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from batcher.errors import CatalogError
-from batcher.spec import ItemSettings
+from batcher.jobfile.items import ItemSettings
 
 _T = TypeVar("_T")
 

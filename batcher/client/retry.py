@@ -134,7 +134,7 @@ def _log_retry(kind: str) -> Callable[[tenacity.RetryCallState], None]:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None and outcome.failed else None
         wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
-        # Our exceptions' messages never hold the key (batcher.api scrubs them).
+        # Our exceptions' messages never hold the key (batcher.client.magic_hour scrubs them).
         log.info(
             "retrying %s after %s",
             kind,

@@ -42,9 +42,9 @@ from typing import Final, cast
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from batcher.catalog import Catalog
 from batcher.errors import JobFileError, Problem
-from batcher.spec import ItemSettings, JobItem, identity_digest, item_key
+from batcher.jobfile.catalog import Catalog
+from batcher.jobfile.items import ItemSettings, JobItem, identity_digest, item_key
 
 try:
     from yaml import CSafeLoader as _BaseLoader

@@ -13,7 +13,7 @@ from typing import Any
 from batcher.errors import ConfigError
 from batcher.ledger.models import utcnow
 from batcher.ledger.store import STATES, Ledger
-from batcher.workers import LEASE_S
+from batcher.run.liveness import LEASE_S
 
 
 @dataclass(frozen=True, slots=True)

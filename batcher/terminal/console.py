@@ -55,4 +55,6 @@ def configure_logging(*, debug: bool, quiet: bool) -> None:
     root.propagate = False
     # --quiet drops the progress bar, not the news: a run still reports its
     # progress as a plain line every few seconds.
-    logging.getLogger("batcher.progress").setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("batcher.terminal.progress").setLevel(
+        logging.DEBUG if debug else logging.INFO
+    )

@@ -76,17 +76,3 @@ def project_name(batch_name: str, key: str, settings: ItemSettings) -> str:
     if settings.name:
         return settings.name
     return f"{batch_name} {key}"
-
-
-def create_body(prompt: str, settings: ItemSettings, name: str) -> dict[str, Any]:
-    """The JSON body of `POST /v1/ai-image-generator` for one item."""
-    body: dict[str, Any] = {
-        "image_count": settings.image_count,
-        "model": settings.model,
-        "aspect_ratio": settings.aspect_ratio,
-        "style": {"prompt": prompt, "tool": settings.tool},
-        "name": name,
-    }
-    if settings.resolution is not None:
-        body["resolution"] = settings.resolution
-    return body

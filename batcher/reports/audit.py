@@ -43,7 +43,7 @@ from batcher.errors import ConfigError
 from batcher.ledger import audit_queries
 from batcher.ledger.audit_queries import GROUP_KEYS, CreditGroup, CreditWindow, GroupValue
 from batcher.ledger.store import Ledger
-from batcher.service import find_batch
+from batcher.run.prepare import find_batch
 
 DEFAULT_GROUP_BY: Final = ("batch",)
 CHART_GROUPING: Final = ("day", "model")

@@ -12,9 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from batcher.api import Account, MagicHourClient
-from batcher.catalog import Catalog
-from batcher.config import API_KEY_ENV, ApiConfig
+from batcher.client.magic_hour import Account, MagicHourClient
 from batcher.errors import (
     ApiError,
     AuthError,
@@ -24,10 +22,12 @@ from batcher.errors import (
     Problem,
     TransportError,
 )
-from batcher.jobfile import JobSpec, collect_jobs
+from batcher.jobfile.catalog import Catalog
+from batcher.jobfile.items import ItemSettings, JobItem, project_name
+from batcher.jobfile.loader import JobSpec, collect_jobs
 from batcher.ledger.store import BatchRecord, Ledger, RequeueCounts, SyncResult
-from batcher.runner import BatchRun, RunOptions
-from batcher.spec import ItemSettings, JobItem, project_name
+from batcher.run.batch_run import BatchRun, RunOptions
+from batcher.settings import API_KEY_ENV, ApiConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Showing a run while it goes and when it ends (on stderr, through batcher.output).
+"""Showing a run while it goes and when it ends (on stderr, through batcher.terminal.console).
 
 On a terminal: a Rich progress bar with items done, failed and in doubt,
 images, credits, rate and ETA. Elsewhere (cron, CI, `--quiet`): a plain log
@@ -22,10 +22,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from batcher import output
-from batcher.runner import RunCounters, RunResult
+from batcher.run.batch_run import RunCounters, RunResult
+from batcher.terminal import console as output
 
-log = logging.getLogger("batcher.progress")
+log = logging.getLogger("batcher.terminal.progress")
 
 LIVE_REFRESH_S = 0.25
 PLAIN_EVERY_S = 10.0

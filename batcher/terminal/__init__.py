@@ -1,0 +1,1 @@
+"""The only package that writes to the terminal: consoles, progress, log formatting."""
