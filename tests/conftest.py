@@ -66,7 +66,8 @@ def make_sandbox() -> Iterator[MakeSandbox]:
 # makes that a failure.
 
 POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=postgres user=postgres"
-POSTGRES_TEMPLATE = "batcher_test_template"
+# One per test session: several sessions (checkouts, CI) may share the server.
+POSTGRES_TEMPLATE = f"batcher_test_template_{os.getpid()}"
 
 
 def _postgres_admin() -> Any:
