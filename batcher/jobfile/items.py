@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+# An item's variable values and matrix settings (image_count is a number).
+ItemVars = Mapping[str, str | int]
+NO_VARS: Final[ItemVars] = MappingProxyType({})
+
+
+def _no_vars() -> ItemVars:
+    return NO_VARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,10 @@ class JobItem:
     settings: ItemSettings
     path: str  # the file the prompt came from (job file or prompts file)
     line: int
+    # A template entry's variable values and matrix settings for this combination,
+    # in expansion order; empty for other entries. Not part of the key: the
+    # resolved prompt and the effective settings already are.
+    vars: ItemVars = field(default_factory=_no_vars, hash=False)
 
 
 KEY_LENGTH = 20  # hex digits: 80 bits, no collision in any batch a person runs

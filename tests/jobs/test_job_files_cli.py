@@ -132,7 +132,10 @@ JOB_HEAD = b'name: generated\nprompts:\n  - "A red bicycle"\n'
                 "job.yaml": JOB_HEAD + b"  - file: prompts/junk.txt\n",
                 "prompts/junk.txt": b"A fine prompt\nA broken \x00 one\n",
             },
-            ["prompts/junk.txt:2: contains NUL bytes: a binary file, not prompts text"],
+            [
+                "prompts/junk.txt:2: contains NUL bytes: a binary file, not prompts text "
+                "(prompts[1].file in job.yaml:4)"
+            ],
             id="binary-prompts-file",
         ),
         pytest.param(
@@ -140,7 +143,7 @@ JOB_HEAD = b'name: generated\nprompts:\n  - "A red bicycle"\n'
                 "job.yaml": JOB_HEAD + b"  - file: prompts/latin.txt\n",
                 "prompts/latin.txt": "# comment\n\nA fine prompt\nCafé\n".encode("cp1252"),
             },
-            ["prompts/latin.txt:4: is not UTF-8 text (byte 0xe9); save the file as UTF-8"],
+            ["prompts/latin.txt:4: not UTF-8 text (byte 0xe9) (prompts[1].file in job.yaml:4)"],
             id="latin-1-prompts-file",
         ),
         pytest.param(
@@ -148,7 +151,7 @@ JOB_HEAD = b'name: generated\nprompts:\n  - "A red bicycle"\n'
                 "job.yaml": JOB_HEAD + b"  - file: prompts/latin.csv\n",
                 "prompts/latin.csv": "prompt\nA fine prompt\nCafé\n".encode("latin-1"),
             },
-            ["prompts/latin.csv:3: is not UTF-8 text (byte 0xe9); save the file as UTF-8"],
+            ["prompts/latin.csv:3: not UTF-8 text (byte 0xe9) (prompts[1].file in job.yaml:4)"],
             id="latin-1-csv",
         ),
         pytest.param(
@@ -252,7 +255,9 @@ def test_plan_json_shape() -> None:
         "estimate_is_lower_bound",
         "budget",
         "models",
+        "entries",
     }
+    assert demo["entries"] == []  # no templated entry
     assert demo["file"] == files[0]
     assert demo["batch"] == "demo"
     assert demo["items"] == 12
