@@ -33,7 +33,7 @@ __all__ = [
 
 # A job file of 100,000 inline prompts is about 13 MB; its node tree costs about
 # ten times that in memory. Longer lists belong in a prompts file, which streams.
-MAX_HELD_FILE_BYTES: Final = 64 * 1024 * 1024
+MAX_HELD_FILE_BYTES: Final = 64_000_000
 
 _KINDS: Final = (
     (stat.S_ISDIR, "a folder"),
@@ -56,12 +56,10 @@ class TooLargeError(OSError):
     """A file to be held in memory is larger than `MAX_HELD_FILE_BYTES`."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(f"is {_megabytes(size)}; at most {_megabytes(MAX_HELD_FILE_BYTES)}")
+        super().__init__(
+            f"is {size / 1e6:,.1f} MB, more than the {MAX_HELD_FILE_BYTES / 1e6:,.0f} MB"
+        )
         self.size = size
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1_000_000:,.1f} MB"
 
 
 def _kind(mode: int) -> str | None:

@@ -126,7 +126,7 @@ def _read_job_bytes(path: Path, display: str) -> bytes:
     except NotRegularFileError as exc:
         message = f"is {exc.kind}, not a regular file: a job file must be a regular file"
     except TooLargeError as exc:
-        message = f"{exc}: too large for a job file; put long lists in a prompts file (file:)"
+        message = f"{exc} a job file may hold; put long lists of prompts in a prompts file"
     except OSError as exc:
         message = f"cannot read the job file: {exc.strerror or exc}"
     raise JobFileError([Problem(display, None, None, message)])

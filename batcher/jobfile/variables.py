@@ -151,7 +151,7 @@ def _read_file(
                 if value and value[0] != "#":
                     values.append(value)
     except TooLargeError as exc:
-        reader.error(entry_line, field, f"{display} {exc}: a vars file is held in memory")
+        reader.error(entry_line, field, f"{display} {exc} a vars file may hold")
         return None
     except OSError as exc:
         reader.error(entry_line, field, f"cannot read {display}: {exc.strerror or exc}")

@@ -45,10 +45,28 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_the_corpus_is_large_enough() -> None:
+def test_the_corpus_is_large_and_each_file_tests_lines_of_its_own() -> None:
     assert len(BAD_FILES) >= 25
+    assert len([path for path in BAD_FILES if path.name.startswith("template-")]) >= 15
+    seen: dict[tuple[str, ...], str] = {}
     for path in BAD_FILES:
-        assert expected_lines(path), f"{path.name} has no `# expect:` line"
+        expected = expected_lines(path)
+        assert expected, f"{path.name} has no `# expect:` line"
+        text = path.read_text(encoding="utf-8").splitlines()
+        body = len(text) - len(expected)
+        assert all(line.startswith(EXPECT) for line in text[body:]), "expectations come last"
+        for line in expected:
+            named, _, rest = line.partition(":")
+            number = rest.split(":", 1)[0]
+            # Each problem names this file, or a file it names (a prompts or vars
+            # file), and a line that holds something: never an expectation.
+            assert named == path.name or (BAD / named).is_file(), line
+            if number.isdigit():
+                lines = body if named == path.name else len((BAD / named).read_bytes().split(b"\n"))
+                assert 1 <= int(number) <= lines, line
+        messages = tuple(sorted(line.split(":", 1)[1] for line in expected))
+        assert messages not in seen, f"{path.name} tests what {seen[messages]} tests"
+        seen[messages] = path.name
 
 
 @pytest.mark.parametrize("path", BAD_FILES, ids=lambda p: p.stem)
