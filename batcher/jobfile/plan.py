@@ -139,13 +139,3 @@ def plan_document(plans: Sequence[Plan]) -> dict[str, Any]:
         "total_estimated_credits": sum(plan.estimated_credits for plan in plans),
     }
 
-
-def __getattr__(name: str) -> object:
-    # The table moved to batcher.terminal.plan_view; this keeps the old import
-    # `from batcher.jobfile.plan import render_plans` working for branches written
-    # before the move. Loaded only when asked for, so plans stay free of Rich.
-    if name in ("render_plans", "plan_table", "budget_line", "LOWER_BOUND_NOTE"):
-        from batcher.terminal import plan_view
-
-        return getattr(plan_view, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
