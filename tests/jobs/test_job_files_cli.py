@@ -238,6 +238,8 @@ def test_good_files_and_the_examples_validate() -> None:
     oks = result.stdout.splitlines()
     assert len(oks) == len(files)
     assert f"ok: {EXAMPLES / 'demo.yaml'} (12 prompts, batch demo)" in oks
+    # 1 + 2x3 + 2x2x2 + 3x2x2x2 items
+    assert f"ok: {GOOD / 'templates.yaml'} (39 prompts, batch templates-templates)" in oks
     assert all(line.startswith("ok: ") for line in oks)
     # legacy.yaml is valid, with warnings on stderr
     assert "warning: " in result.stderr
@@ -306,6 +308,11 @@ def test_plan_table_shows_rows_totals_and_the_budget() -> None:
     assert "lower bound" in text
     assert "budget: 2,000 credits" in text
     assert "≥ marks a lower bound" in text
+
+
+def test_plan_batch_name_help_has_no_stray_colon() -> None:
+    help_text = " ".join(run("plan", "--help").stdout.split())
+    assert "the job file's name (placeholders {date} and {job} apply)" in help_text
 
 
 def test_plan_batch_name_override_applies_placeholders() -> None:

@@ -167,6 +167,16 @@ def test_entry_vars_are_local_and_shadow_the_top_level(load_text: LoadText) -> N
     assert prompts(job) == ["gold mug", "red mug", "teal mug"]
 
 
+def test_an_unused_local_variable_is_a_warning(load_text: LoadText) -> None:
+    job = load_text(
+        'name: w\nvars: {shared: [s]}\nprompts:\n  - template: "{a}"\n'
+        "    vars:\n      a: [x]\n      b: [y]\n"
+    )
+    [warning] = job.warnings  # an unused top-level list is shared: no warning for it
+    assert (warning.line, warning.field) == (7, "prompts[0].vars.b")
+    assert warning.message == "not used by the template or the name"
+
+
 # -- zip
 
 
