@@ -138,4 +138,3 @@ def plan_document(plans: Sequence[Plan]) -> dict[str, Any]:
         "total_images": sum(plan.images for plan in plans),
         "total_estimated_credits": sum(plan.estimated_credits for plan in plans),
     }
-
