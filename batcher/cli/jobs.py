@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import click
 
 from batcher.errors import EXIT_INPUT, Problem
+from batcher.jobfile import JobSpec, build_plan, collect_jobs, plan_document
 from batcher.jobfile.catalog import CATALOG_ENV, load_catalog
-from batcher.jobfile.loader import JobSpec, collect_jobs
-from batcher.jobfile.plan import build_plan, plan_document, render_plans
 from batcher.terminal import console as output
+from batcher.terminal.plan_view import render_plans
 
 catalog_option = click.option(
     "--catalog",
@@ -20,6 +20,13 @@ catalog_option = click.option(
     envvar=CATALOG_ENV,
     show_envvar=True,
     help="Model catalog file to use instead of the packaged one.",
+)
+max_items_option = click.option(
+    "--max-items",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Refuse a job that makes more than N items (default: the job file's max_items, "
+    "else 100,000).",
 )
 job_files_argument = click.argument(
     "job_files", metavar="JOB.yaml...", nargs=-1, required=True, type=click.Path()
@@ -45,14 +52,15 @@ def _report(jobs: Sequence[JobSpec], problems: Sequence[Problem], total: int) ->
 @click.command()
 @job_files_argument
 @catalog_option
-def validate(job_files: tuple[str, ...], catalog_path: str | None) -> None:
+@max_items_option
+def validate(job_files: tuple[str, ...], catalog_path: str | None, max_items: int | None) -> None:
     """Check job files and the prompts files they name; print every problem found.
 
     Prints `ok: FILE (N prompts, batch NAME)` for each good file. Exits 2 if any
     file has a problem. Sends nothing and needs no API key.
     """
     catalog = load_catalog(catalog_path)
-    jobs, problems = collect_jobs(job_files, catalog)
+    jobs, problems = collect_jobs(job_files, catalog, max_items=max_items)
     for job in jobs:
         prompts = "1 prompt" if job.item_count == 1 else f"{job.item_count} prompts"
         output.result(f"ok: {job.path} ({prompts}, batch {job.name})")
@@ -66,10 +74,15 @@ def validate(job_files: tuple[str, ...], catalog_path: str | None) -> None:
 @click.option(
     "--batch-name",
     metavar="NAME",
-    help="Batch name instead of the job file's name: (placeholders {date} and {job} apply).",
+    help="Batch name instead of the job file's name (placeholders {date} and {job} apply).",
 )
+@max_items_option
 def plan(
-    job_files: tuple[str, ...], as_json: bool, catalog_path: str | None, batch_name: str | None
+    job_files: tuple[str, ...],
+    as_json: bool,
+    catalog_path: str | None,
+    batch_name: str | None,
+    max_items: int | None,
 ) -> None:
     """Show items, images and estimated credits per model, and the budget.
 
@@ -78,7 +91,7 @@ def plan(
     lowest); the plan marks them. Sends nothing and needs no API key.
     """
     catalog = load_catalog(catalog_path)
-    jobs, problems = collect_jobs(job_files, catalog, batch_name=batch_name)
+    jobs, problems = collect_jobs(job_files, catalog, batch_name=batch_name, max_items=max_items)
     _report(jobs, problems, len(job_files))
     plans = [build_plan(job, catalog) for job in jobs]
     if as_json:

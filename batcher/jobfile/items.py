@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+# An item's variable values and matrix settings (image_count is a number).
+ItemVars = Mapping[str, str | int]
+NO_VARS: Final[ItemVars] = MappingProxyType({})
+
+
+def _no_vars() -> ItemVars:
+    return NO_VARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +55,52 @@ class JobItem:
     settings: ItemSettings
     path: str  # the file the prompt came from (job file or prompts file)
     line: int
+    # A template entry's variable values and matrix settings for this combination,
+    # in expansion order; empty for other entries. Not part of the key: the
+    # resolved prompt and the effective settings already are.
+    vars: ItemVars = field(default_factory=_no_vars, hash=False)
 
 
 KEY_LENGTH = 20  # hex digits: 80 bits, no collision in any batch a person runs
 
 
 def identity_digest(prompt: str, settings: ItemSettings) -> bytes:
-    """What makes two entries "identical" for the occurrence count of item keys."""
-    canonical = json.dumps([prompt, settings.as_dict()], sort_keys=True, ensure_ascii=False)
+    """What makes two entries "identical" for the occurrence count of item keys.
+
+    The sha256 of `json.dumps([prompt, settings.as_dict()], sort_keys=True,
+    ensure_ascii=False)`, built from cached pieces: the keys of every ledger
+    depend on these exact bytes, and json.dumps was half the cost of planning
+    100,000 items.
+    """
+    head, tail = _settings_json(
+        settings.aspect_ratio,
+        settings.image_count,
+        settings.model,
+        settings.resolution,
+        settings.tool,
+    )
+    name = "null" if settings.name is None else _json_text(settings.name)
+    canonical = f"[{_json_text(prompt)}, {head}{name}{tail}]"
     return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+# What json.dumps(ensure_ascii=False) writes for a str, at any depth.
+_json_text: Callable[[str], str] = json.encoder.encode_basestring
+
+
+@functools.lru_cache(maxsize=4096)
+def _settings_json(
+    aspect_ratio: str, image_count: int, model: str, resolution: str | None, tool: str
+) -> tuple[str, str]:
+    """The settings' canonical JSON (keys sorted) before and after the name's value,
+    which is the part that varies item by item when a template names items."""
+    dumps = functools.partial(json.dumps, ensure_ascii=False)
+    head = (
+        f'{{"aspect_ratio": {dumps(aspect_ratio)}, "image_count": {dumps(image_count)}, '
+        f'"model": {dumps(model)}, "name": '
+    )
+    tail = f', "resolution": {dumps(resolution)}, "tool": {dumps(tool)}}}'
+    return head, tail
 
 
 def item_key(batch_name: str, identity: bytes, occurrence: int) -> str:
@@ -62,13 +110,8 @@ def item_key(batch_name: str, identity: bytes, occurrence: int) -> str:
     others untouched, because nothing here depends on an entry's position
     except among entries identical to it.
     """
-    digest = hashlib.sha256()
-    digest.update(batch_name.encode("utf-8"))
-    digest.update(b"\x00")
-    digest.update(identity)
-    digest.update(b"\x00")
-    digest.update(str(occurrence).encode("ascii"))
-    return digest.hexdigest()[:KEY_LENGTH]
+    material = b"%s\x00%s\x00%d" % (batch_name.encode("utf-8"), identity, occurrence)
+    return hashlib.sha256(material).hexdigest()[:KEY_LENGTH]
 
 
 def project_name(batch_name: str, key: str, settings: ItemSettings) -> str:

@@ -4,7 +4,8 @@ Estimates are the catalog's from-price times image_count. They are exact only fo
 model's lowest resolution (or a resolution with a known multiplier); `default`,
 `auto`, no resolution, or a higher resolution make the estimate a lower bound,
 and the plan says so on the row and on the totals. Building a plan is pure;
-the renderers turn plans into a Rich table or a JSON document and print nothing.
+`plan_document` is the `plan --json` document, and `batcher.terminal.plan_view`
+draws the table.
 """
 
 from __future__ import annotations
@@ -13,21 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-
 from batcher.jobfile.catalog import Catalog, Estimate
 from batcher.jobfile.items import ItemSettings
-from batcher.jobfile.loader import JobSpec
+from batcher.jobfile.spec import JobSpec, TemplateSummary
 
-__all__ = ["ModelPlan", "Plan", "build_plan", "plan_document", "render_plans"]
-
-LOWER_BOUND_NOTE = (
-    "≥ marks a lower bound: the server picks the model or resolution, or a resolution "
-    "above the model's lowest costs more than its from-price. The real charge is "
-    "known only when the API accepts each item."
-)
+__all__ = ["ModelPlan", "Plan", "build_plan", "plan_document"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +40,7 @@ class Plan:
     batch: str
     budget: int | None
     models: tuple[ModelPlan, ...]
+    entries: tuple[TemplateSummary, ...] = ()  # the templated entries, in file order
 
     @property
     def items(self) -> int:
@@ -73,14 +65,23 @@ class Plan:
 
 
 def build_plan(job: JobSpec, catalog: Catalog) -> Plan:
-    """Sum a job's items per model. Streams the items; keeps one counter per settings."""
-    # Items share interned settings, so a few dictionary entries cover 100,000 items.
-    per_settings: dict[ItemSettings, int] = {}
+    """Sum a job's items per model. Streams the items; keeps one counter per price kind."""
+    # What an estimate depends on; not the settings themselves, which differ item by
+    # item when a template names its items.
+    counts: dict[tuple[str, str | None, int], int] = {}
+    examples: dict[tuple[str, str | None, int], ItemSettings] = {}
     for item in job.items():
         settings = item.settings
-        per_settings[settings] = per_settings.get(settings, 0) + 1
+        kind = (settings.model, settings.resolution, settings.image_count)
+        count = counts.get(kind)
+        if count is None:
+            counts[kind] = 1
+            examples[kind] = settings
+        else:
+            counts[kind] = count + 1
     totals: dict[str, list[int]] = {}  # model -> [items, images, credits, exact]
-    for settings, count in per_settings.items():
+    for kind, count in counts.items():
+        settings = examples[kind]
         estimate: Estimate = catalog.estimate(settings)
         row = totals.setdefault(settings.model, [0, 0, 0, 1])
         row[0] += count
@@ -94,7 +95,9 @@ def build_plan(job: JobSpec, catalog: Catalog) -> Plan:
             totals.items(), key=lambda pair: (order.get(pair[0], len(order)), pair[0])
         )
     )
-    return Plan(file=job.path, batch=job.name, budget=job.budget, models=rows)
+    return Plan(
+        file=job.path, batch=job.name, budget=job.budget, models=rows, entries=job.templates
+    )
 
 
 def plan_document(plans: Sequence[Plan]) -> dict[str, Any]:
@@ -119,6 +122,15 @@ def plan_document(plans: Sequence[Plan]) -> dict[str, Any]:
                     }
                     for row in plan.models
                 ],
+                "entries": [
+                    {
+                        "line": entry.line,
+                        "template": entry.template,
+                        "combinations": entry.combinations,
+                        "sample": list(entry.sample),
+                    }
+                    for entry in plan.entries
+                ],
             }
             for plan in plans
         ],
@@ -126,78 +138,3 @@ def plan_document(plans: Sequence[Plan]) -> dict[str, Any]:
         "total_images": sum(plan.images for plan in plans),
         "total_estimated_credits": sum(plan.estimated_credits for plan in plans),
     }
-
-
-def _credits(amount: int, exact: bool) -> str:
-    return f"{amount:,}" if exact else f"≥ {amount:,}"
-
-
-def plan_table(plan: Plan) -> Table:
-    table = Table(
-        # Text, not str: file and batch names are the user's, never Rich markup.
-        title=Text(f"{plan.file} — batch {plan.batch}"),
-        title_justify="left",
-        show_footer=True,
-        footer_style="bold",
-    )
-    lower = plan.estimate_is_lower_bound
-    table.add_column("model", footer="total")
-    table.add_column("items", justify="right", footer=f"{plan.items:,}")
-    table.add_column("images", justify="right", footer=f"{plan.images:,}")
-    table.add_column(
-        "est. credits", justify="right", footer=_credits(plan.estimated_credits, not lower)
-    )
-    table.add_column("estimate", footer="lower bound" if lower else "exact")
-    for row in plan.models:
-        table.add_row(
-            Text(row.model),
-            Text(f"{row.items:,}"),
-            Text(f"{row.images:,}"),
-            Text(_credits(row.estimated_credits, row.exact)),
-            Text("exact") if row.exact else Text("lower bound", style="yellow"),
-        )
-    return table
-
-
-def budget_line(plan: Plan) -> Text:
-    """What the budget means for this plan, said plainly."""
-    if plan.budget is None:
-        return Text("budget: none set")
-    credits = plan.estimated_credits
-    at_least = "at least " if plan.estimate_is_lower_bound else ""
-    if plan.over_budget:
-        return Text(
-            f"budget: {plan.budget:,} credits; the estimate ({at_least}{credits:,}) already "
-            "exceeds it: the run will stop when the budget is spent",
-            style="bold red",
-        )
-    if plan.estimate_is_lower_bound:
-        return Text(
-            f"budget: {plan.budget:,} credits; the estimate is at least {credits:,} "
-            "(a lower bound: the real cost can be higher). To hold the budget anyway, "
-            "the first item of each lower-bound kind is sent alone and the rest "
-            "reserve what it was really charged."
-        )
-    return Text(f"budget: {plan.budget:,} credits; the estimate ({credits:,}) fits")
-
-
-def render_plans(plans: Sequence[Plan]) -> RenderableType:
-    """Every job's table and budget line, a grand total when there are several jobs,
-    and the lower-bound note when any estimate is one."""
-    parts: list[RenderableType] = []
-    for plan in plans:
-        parts += [plan_table(plan), budget_line(plan), Text("")]
-    if len(plans) > 1:
-        lower = any(plan.estimate_is_lower_bound for plan in plans)
-        total = sum(plan.estimated_credits for plan in plans)
-        parts.append(
-            Text(
-                f"all jobs: {sum(plan.items for plan in plans):,} items, "
-                f"{sum(plan.images for plan in plans):,} images, "
-                f"{_credits(total, not lower)} credits estimated",
-                style="bold",
-            )
-        )
-    if any(plan.estimate_is_lower_bound for plan in plans):
-        parts.append(Text(LOWER_BOUND_NOTE, style="dim"))
-    return Group(*parts)

@@ -22,9 +22,9 @@ from batcher.errors import (
     Problem,
     TransportError,
 )
+from batcher.jobfile import JobSpec, collect_jobs
 from batcher.jobfile.catalog import Catalog
 from batcher.jobfile.items import ItemSettings, JobItem, project_name
-from batcher.jobfile.loader import JobSpec, collect_jobs
 from batcher.ledger.store import BatchRecord, Ledger, RequeueCounts, SyncResult
 from batcher.run.batch_run import BatchRun, RunOptions
 from batcher.settings import API_KEY_ENV, ApiConfig
@@ -35,11 +35,15 @@ PREFLIGHT_LISTED = 10  # items named in a tier refusal; the rest are counted
 
 
 def load_jobs(
-    paths: Sequence[str | Path], catalog: Catalog, *, batch_name: str | None = None
+    paths: Sequence[str | Path],
+    catalog: Catalog,
+    *,
+    batch_name: str | None = None,
+    max_items: int | None = None,
 ) -> list[JobSpec]:
     """Validate every job file; raise one JobFileError with every problem of every file,
-    including two files that name the same batch."""
-    jobs, problems = collect_jobs(paths, catalog, batch_name=batch_name)
+    including two files that name the same batch. `max_items` is `--max-items`."""
+    jobs, problems = collect_jobs(paths, catalog, batch_name=batch_name, max_items=max_items)
     names = Counter(job.name for job in jobs)
     for job in jobs:
         if names[job.name] > 1:

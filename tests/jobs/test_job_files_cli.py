@@ -45,10 +45,28 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_the_corpus_is_large_enough() -> None:
+def test_the_corpus_is_large_and_each_file_tests_lines_of_its_own() -> None:
     assert len(BAD_FILES) >= 25
+    assert len([path for path in BAD_FILES if path.name.startswith("template-")]) >= 15
+    seen: dict[tuple[str, ...], str] = {}
     for path in BAD_FILES:
-        assert expected_lines(path), f"{path.name} has no `# expect:` line"
+        expected = expected_lines(path)
+        assert expected, f"{path.name} has no `# expect:` line"
+        text = path.read_text(encoding="utf-8").splitlines()
+        body = len(text) - len(expected)
+        assert all(line.startswith(EXPECT) for line in text[body:]), "expectations come last"
+        for line in expected:
+            named, _, rest = line.partition(":")
+            number = rest.split(":", 1)[0]
+            # Each problem names this file, or a file it names (a prompts or vars
+            # file), and a line that holds something: never an expectation.
+            assert named == path.name or (BAD / named).is_file(), line
+            if number.isdigit():
+                lines = body if named == path.name else len((BAD / named).read_bytes().split(b"\n"))
+                assert 1 <= int(number) <= lines, line
+        messages = tuple(sorted(line.split(":", 1)[1] for line in expected))
+        assert messages not in seen, f"{path.name} tests what {seen[messages]} tests"
+        seen[messages] = path.name
 
 
 @pytest.mark.parametrize("path", BAD_FILES, ids=lambda p: p.stem)
@@ -132,7 +150,10 @@ JOB_HEAD = b'name: generated\nprompts:\n  - "A red bicycle"\n'
                 "job.yaml": JOB_HEAD + b"  - file: prompts/junk.txt\n",
                 "prompts/junk.txt": b"A fine prompt\nA broken \x00 one\n",
             },
-            ["prompts/junk.txt:2: contains NUL bytes: a binary file, not prompts text"],
+            [
+                "prompts/junk.txt:2: contains NUL bytes: a binary file, not prompts text "
+                "(prompts[1].file in job.yaml:4)"
+            ],
             id="binary-prompts-file",
         ),
         pytest.param(
@@ -140,7 +161,7 @@ JOB_HEAD = b'name: generated\nprompts:\n  - "A red bicycle"\n'
                 "job.yaml": JOB_HEAD + b"  - file: prompts/latin.txt\n",
                 "prompts/latin.txt": "# comment\n\nA fine prompt\nCafé\n".encode("cp1252"),
             },
-            ["prompts/latin.txt:4: is not UTF-8 text (byte 0xe9); save the file as UTF-8"],
+            ["prompts/latin.txt:4: not UTF-8 text (byte 0xe9) (prompts[1].file in job.yaml:4)"],
             id="latin-1-prompts-file",
         ),
         pytest.param(
@@ -148,7 +169,7 @@ JOB_HEAD = b'name: generated\nprompts:\n  - "A red bicycle"\n'
                 "job.yaml": JOB_HEAD + b"  - file: prompts/latin.csv\n",
                 "prompts/latin.csv": "prompt\nA fine prompt\nCafé\n".encode("latin-1"),
             },
-            ["prompts/latin.csv:3: is not UTF-8 text (byte 0xe9); save the file as UTF-8"],
+            ["prompts/latin.csv:3: not UTF-8 text (byte 0xe9) (prompts[1].file in job.yaml:4)"],
             id="latin-1-csv",
         ),
         pytest.param(
@@ -217,6 +238,8 @@ def test_good_files_and_the_examples_validate() -> None:
     oks = result.stdout.splitlines()
     assert len(oks) == len(files)
     assert f"ok: {EXAMPLES / 'demo.yaml'} (12 prompts, batch demo)" in oks
+    # 1 + 2x3 + 2x2x2 + 3x2x2x2 items
+    assert f"ok: {GOOD / 'templates.yaml'} (39 prompts, batch templates-templates)" in oks
     assert all(line.startswith("ok: ") for line in oks)
     # legacy.yaml is valid, with warnings on stderr
     assert "warning: " in result.stderr
@@ -252,7 +275,9 @@ def test_plan_json_shape() -> None:
         "estimate_is_lower_bound",
         "budget",
         "models",
+        "entries",
     }
+    assert demo["entries"] == []  # no templated entry
     assert demo["file"] == files[0]
     assert demo["batch"] == "demo"
     assert demo["items"] == 12
@@ -283,6 +308,11 @@ def test_plan_table_shows_rows_totals_and_the_budget() -> None:
     assert "lower bound" in text
     assert "budget: 2,000 credits" in text
     assert "≥ marks a lower bound" in text
+
+
+def test_plan_batch_name_help_has_no_stray_colon() -> None:
+    help_text = " ".join(run("plan", "--help").stdout.split())
+    assert "the job file's name (placeholders {date} and {job} apply)" in help_text
 
 
 def test_plan_batch_name_override_applies_placeholders() -> None:

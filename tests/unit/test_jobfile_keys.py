@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from batcher.jobfile.catalog import Catalog
-from batcher.jobfile.items import identity_digest, item_key
+from batcher.jobfile.items import ItemSettings, identity_digest, item_key
 from batcher.jobfile.loader import JobSpec, load_job
 
 LoadText = Callable[..., JobSpec]  # the fixtures of conftest.py
@@ -123,3 +127,39 @@ def test_dated_names_make_one_batch_per_day(write_job: WriteJob, catalog: Catalo
     tuesday = load_job(path, catalog, today=datetime.date(2026, 3, 17))
     assert keys(monday) == keys(again)
     assert keys(monday) != keys(tuesday)
+
+
+def reference_identity(prompt: str, settings: ItemSettings) -> bytes:
+    """The definition the keys of every existing ledger were made with."""
+    canonical = json.dumps([prompt, settings.as_dict()], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+def reference_key(batch_name: str, identity: bytes, occurrence: int) -> str:
+    digest = hashlib.sha256()
+    for part in (batch_name.encode("utf-8"), b"\x00", identity, b"\x00", str(occurrence).encode()):
+        digest.update(part)
+    return digest.hexdigest()[:20]
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["A red bicycle", 'quotes " and \\ backslash', "tab\tnew\nline\x01", "café ☕ 🚲 日本", ""],
+)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ItemSettings("default", None, "1:1", "general", 1),
+        ItemSettings("flux-schnell", "640px", "16:9", "ai-photo-generator", 4, "a name"),
+        ItemSettings("seedream-v4", "4k", "9:16", "general", 16, 'named "x" ☕ \\'),
+    ],
+)
+def test_keys_are_byte_for_byte_those_of_the_canonical_json(
+    prompt: str, settings: ItemSettings
+) -> None:
+    # Built from cached pieces for speed, they must not differ by one byte from
+    # the json.dumps definition, or every batch already in a ledger would be sent again.
+    assert identity_digest(prompt, settings) == reference_identity(prompt, settings)
+    identity = identity_digest(prompt, settings)
+    for batch, occurrence in (("b", 0), ("nightly-2026-03-14", 12), ("日本 ☕", 100_000)):
+        assert item_key(batch, identity, occurrence) == reference_key(batch, identity, occurrence)

@@ -425,7 +425,7 @@ def test_a_bad_default_combination_is_reported_once_at_defaults(load_text: LoadT
         load_text, "name: x\ndefaults:\n  model: krea-2\n  image_count: 2\nprompts:\n" + entries
     )
     assert len(problems) == 1
-    assert ":2: defaults.image_count: model 'krea-2' does not allow image_count 2" in problems[0]
+    assert ":4: defaults.image_count: model 'krea-2' does not allow image_count 2" in problems[0]
 
 
 def test_one_wrong_value_gives_one_message(load_text: LoadText) -> None:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from rich.console import Console
 
+from batcher.jobfile import JobSpec, ModelPlan, Plan, build_plan, plan_document
 from batcher.jobfile.catalog import Catalog
-from batcher.jobfile.loader import JobSpec
-from batcher.jobfile.plan import ModelPlan, Plan, build_plan, plan_document, render_plans
+from batcher.terminal.plan_view import render_plans
 
 LoadText = Callable[..., JobSpec]  # the fixture of conftest.py
 
@@ -166,6 +166,7 @@ def test_plan_document(load_text: LoadText, catalog: Catalog) -> None:
             {"model": "default", "items": 1, "images": 1, "estimated_credits": 5, "exact": False},
             {"model": "krea-2", "items": 1, "images": 1, "estimated_credits": 10, "exact": False},
         ],
+        "entries": [],  # no templated entry
     }
 
 
