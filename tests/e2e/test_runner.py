@@ -262,7 +262,7 @@ def test_renders_adopted_on_resume_teach_the_poll_planner_nothing(make_batch: Ma
     batch = make_batch(prompts(5))
     batch.run(wait=False)
     learned: list[int] = []
-    result = batch.run(resume=True, after=lambda run: learned.append(run.planner.samples))
+    result = batch.run(resume=True, after=lambda run: learned.append(run.follower.planner.samples))
     assert result.succeeded
     assert learned == [0]
 
