@@ -114,7 +114,7 @@ class RunState:
         """Send nothing more; renders already created are still followed."""
         if self.stopped is None:
             self.stopped, self.stop_detail = reason, detail
-            log.warning("sending stopped", extra={"reason": reason, "detail": detail})
+            log.warning("sending stopped (%s)", reason, extra={"reason": reason, "detail": detail})
         self._halted = True
         self._settled.set()  # a sender waiting for budget: stop waiting
 
