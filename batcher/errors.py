@@ -6,7 +6,9 @@
     │   ├── CatalogError              the model catalog file is unusable
     │   ├── ConfigError               a setting is missing or wrong (no API key, bad URL...)
     │   │   └── LedgerMissingError    a reading command was pointed at no ledger
-    │   └── PreflightError            the account cannot pay for or is not allowed the run
+    │   ├── PreflightError            the account cannot pay for or is not allowed the run
+    │   └── OutputFolderError         the output folder cannot be made or written (also an
+    │                                 OutputError); found before anything is sent
     ├── ApiError                      the API answered with a non-2xx status
     │   ├── AuthError                 401: the key was rejected (exit 2)
     │   └── DownloadExpiredError      403/404/410 on a signed download URL: GET the project again
@@ -14,16 +16,19 @@
     │   ├── ConnectError              the request surely never reached the server
     │   └── ResponseLostError         the request may have been processed; answer lost
     │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
-    └── LedgerError                   the ledger database is unusable
+    ├── LedgerError                   the ledger database is unusable
+    └── OutputError                   an image or the manifest could not be written (disk full...)
 
-httpx, SQLAlchemy and YAML exceptions are translated into these at the module
+httpx, SQLAlchemy, YAML and OSError exceptions are translated into these at the module
 that talks to them and never escape the library.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -141,3 +146,25 @@ class MalformedResponseError(ResponseLostError):
 
 class LedgerError(BatcherError):
     """The ledger database cannot be opened, migrated or written."""
+
+
+class OutputError(BatcherError):
+    """A file in the output folder could not be written: a full disk, a folder that went away.
+
+    Raised by the code that writes there (batcher.run.files, the client's downloads)
+    in place of the OSError, with the path it was writing and the system's reason.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot write {self.path}: {reason}")
+
+    @classmethod
+    def from_os_error(cls, path: str | os.PathLike[str], exc: OSError) -> Self:
+        """The OSError's reason as one line ("No space left on device"), without a traceback."""
+        return cls(path, exc.strerror or type(exc).__name__)
+
+
+class OutputFolderError(OutputError, InputError):
+    """The output folder cannot be created or written: found before anything is sent (exit 2)."""

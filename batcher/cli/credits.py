@@ -314,10 +314,7 @@ def account_command(as_json: bool, base_url: str | None) -> None:
 
 async def _account(api: ApiConfig) -> Account:
     async with MagicHourClient(api, concurrency=1) as client:
-        async for attempt in retry.read_retrying():
-            with attempt:
-                return await client.get_account()
-    raise AssertionError("unreachable")  # pragma: no cover: read_retrying re-raises
+        return await retry.read(client.get_account)
 
 
 COMMANDS: list[click.Command] = [audit_command, reconcile_command, account_command]

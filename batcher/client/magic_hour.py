@@ -22,6 +22,7 @@ translation is about money (a create is billed when accepted):
     non-2xx → ApiError(status, message, retry_after); 401 → AuthError;
     403/404/410 on a signed download URL → DownloadExpiredError
     a download URL that is not http(s) with a host → ConnectError (nothing sent)
+    OSError writing a downloaded image (full disk...) → OutputError(path)
 
 Why not a plain `httpx.AsyncClient()`: measured on the 2-core dev machine with
 64 workers (bench/pool_experiments.py, medians of 3 runs), httpcore's pool
@@ -53,7 +54,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -75,6 +76,7 @@ from batcher.errors import (
     ConnectError,
     DownloadExpiredError,
     MalformedResponseError,
+    OutputError,
     ResponseLostError,
     TransportError,
 )
@@ -356,7 +358,8 @@ class MagicHourClient:
 
         The body streams into a temporary file beside `dest`, is fsynced, then
         renamed over `dest`: a reader never sees a partial image, and a failure
-        leaves no partial file behind.
+        leaves no partial file behind. A file that cannot be written (a full
+        disk, a folder gone) raises OutputError naming `dest`.
         """
         try:
             target = httpx.URL(url)
@@ -367,37 +370,41 @@ class MagicHourClient:
         where = _describe_url(target)
         dest = Path(dest)
         folder = dest.parent
-        await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = await anyio.to_thread.run_sync(
-            lambda: tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".part")
-        )
+        with _writing(dest):
+            await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = await anyio.to_thread.run_sync(
+                lambda: tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".part")
+            )
         tmp = Path(tmp_name)
         written = 0
         started = time.perf_counter()
         try:
-            async with await anyio.open_file(fd, "wb") as out:
-                try:
-                    async with self._http.stream("GET", target) as response:
-                        if not response.is_success:
-                            raw = await _read_capped(response)
-                            raise self._api_error(
-                                response.status_code,
-                                response.headers,
-                                raw,
-                                response.reason_phrase,
-                                download=True,
-                            )
-                        async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
-                            await out.write(chunk)
-                            written += len(chunk)
-                except _HTTPX_ERRORS as exc:
-                    raise self._transport_error(exc, f"download {where}") from None
-                await out.flush()
-                await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
-            await anyio.to_thread.run_sync(_replace_durably, tmp, dest)
+            # OSError here is the file's: the stream's own errors (socket errors
+            # included) come out of httpx as httpx errors, translated just below.
+            with _writing(dest):
+                async with await anyio.open_file(fd, "wb") as out:
+                    try:
+                        async with self._http.stream("GET", target) as response:
+                            if not response.is_success:
+                                raw = await _read_capped(response)
+                                raise self._api_error(
+                                    response.status_code,
+                                    response.headers,
+                                    raw,
+                                    response.reason_phrase,
+                                    download=True,
+                                )
+                            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
+                                await out.write(chunk)
+                                written += len(chunk)
+                    except _HTTPX_ERRORS as exc:
+                        raise self._transport_error(exc, f"download {where}") from None
+                    await out.flush()
+                    await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+                await anyio.to_thread.run_sync(_replace_durably, tmp, dest)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+                await anyio.to_thread.run_sync(_remove_quietly, tmp)
             raise
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -690,6 +697,20 @@ async def _read_capped(response: httpx.Response) -> bytes:
         if size >= ERROR_BODY_MAX_BYTES:
             break
     return b"".join(parts)[:ERROR_BODY_MAX_BYTES]
+
+
+@contextlib.contextmanager
+def _writing(dest: Path) -> Iterator[None]:
+    """OSError from writing `dest` (ENOSPC, EROFS, a folder that is a file...) as OutputError."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError.from_os_error(dest, exc) from None
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _replace_durably(tmp: Path, dest: Path) -> None:

@@ -10,9 +10,12 @@ learnt, with the `name` that finds them in the Magic Hour web library.
 
 It changes no item state and downloads nothing: that is `resume`'s job.
 
-The polls run in a bounded pool of tasks over one client, each retried by
-`retry.read_retrying()`. A 401 stops everything (AuthError, exit 2); any
-other failure of one project is reported and the others go on.
+The polls run in a bounded pool of tasks over one client, each through an
+AdaptiveLimiter (as the runner's requests are) and retried by the one retry
+policy (`retry.read(..., paced=True)`): when the API answers 429, every poll
+slows down, instead of each one burning its retries. A 401 stops everything
+(AuthError, exit 2); any other failure of one project is reported and the
+others go on.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from batcher.errors import ApiError, AuthError, BatcherError, TransportError
 from batcher.ledger import audit_queries
 from batcher.ledger.audit_queries import DoubtfulItem, KnownProject
 from batcher.ledger.store import BatchRecord, Ledger
+from batcher.run.limits import AdaptiveLimiter
 from batcher.run.prepare import find_batch
 
 log = logging.getLogger(__name__)
@@ -161,9 +165,12 @@ async def reconcile(
     batch_name: str | None = None,
     *,
     concurrency: int,
+    limiter: AdaptiveLimiter | None = None,
 ) -> ReconcileReport:
     """Poll every known project of one batch (or all), record late refunds, list doubts.
 
+    At most `concurrency` polls are in flight, fewer while the API answers 429
+    (`limiter`: one of your own, e.g. to share it; default a new one).
     Raises AuthError when the API rejects the key, ConfigError for an unknown batch,
     LedgerError when a refund cannot be written.
     """
@@ -182,7 +189,9 @@ async def reconcile(
         extra={"event": "reconcile.start", "projects": len(projects)},
     )
     tally = _Tally()
-    await _poll_all(ledger, client, iter(projects), tally, max(1, concurrency))
+    workers = max(1, concurrency)
+    paced = _PacedSource(client, limiter or AdaptiveLimiter(workers))
+    await _poll_all(ledger, paced, iter(projects), tally, workers)
     if tally.fatal is not None:
         raise tally.fatal
     # Every selected batch, skipped ones too: their doubtful items are still in doubt.
@@ -202,9 +211,25 @@ async def reconcile(
     )
 
 
+class _PacedSource:
+    """Polls through the limiter, under the retry policy."""
+
+    def __init__(self, client: ProjectSource, limiter: AdaptiveLimiter) -> None:
+        self._client = client
+        self._limiter = limiter
+
+    async def get_project(self, project_id: str) -> ProjectStatus:
+        status: ProjectStatus = await retry.read(
+            lambda: self._limiter.call(lambda: self._client.get_project(project_id)),
+            paced=True,
+            about={"project_id": project_id},
+        )
+        return status
+
+
 async def _poll_all(
     ledger: Ledger,
-    client: ProjectSource,
+    client: _PacedSource,
     queue: Iterator[KnownProject],
     tally: _Tally,
     workers: int,
@@ -231,18 +256,11 @@ async def _poll_all(
             tasks.start_soon(worker)
 
 
-async def _poll(client: ProjectSource, project_id: str) -> ProjectStatus:
-    async for attempt in retry.read_retrying():
-        with attempt:
-            return await client.get_project(project_id)
-    raise AssertionError("unreachable")  # pragma: no cover: read_retrying re-raises
-
-
 async def _settle(
-    ledger: Ledger, client: ProjectSource, project: KnownProject, tally: _Tally
+    ledger: Ledger, client: _PacedSource, project: KnownProject, tally: _Tally
 ) -> None:
     try:
-        status = await _poll(client, project.project_id)
+        status = await client.get_project(project.project_id)
     except AuthError:
         raise
     except ApiError as exc:

@@ -1,4 +1,9 @@
-"""Where a batch's files go: image names, the output folder, the manifest."""
+"""Where a batch's files go: image names, the output folder, the manifest.
+
+Every OSError from the output folder is translated here (and in the client's
+download, which writes the images) into OutputError, naming the path: a full
+disk is a one-line message and a stopped run, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,15 @@ import json
 import os
 import re
 import unicodedata
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from batcher.errors import OutputError, OutputFolderError
+
 MANIFEST = "manifest.jsonl"
+PROBE_PREFIX = ".batcher-probe-"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 SLUG_LENGTH = 40
 
@@ -30,6 +39,25 @@ def batch_folder(root: Path | None, batch_name: str) -> Path:
     return Path("out") / safe
 
 
+def prepare_folder(folder: Path) -> None:
+    """Create the output folder and prove it writable (write and remove a probe file),
+    before anything is sent: a folder found unwritable after paying for the images
+    would leave them to be fetched again later."""
+    probe = folder / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"batcher")
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise OutputFolderError(
+            folder, f"{exc.strerror or type(exc).__name__} (the output folder must be writable)"
+        ) from None
+
+
 def image_name(ordinal: int, prompt: str, key: str, index: int, url: str) -> str:
     """Unique within a batch because the item key is; readable because of the slug."""
     suffix = Path(urlsplit(url).path).suffix.lower()
@@ -46,17 +74,32 @@ class Manifest:
     def __init__(self, folder: Path) -> None:
         self.path = folder / MANIFEST
         self._fd: int | None = None
+        self._cut_short = False
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError.from_os_error(self.path, exc) from None
 
     def write(self, entry: dict[str, Any]) -> None:
+        """Append one line; OutputError when it cannot be written."""
         if self._fd is None:
             self.open()
         assert self._fd is not None
-        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-        os.write(self._fd, line.encode("utf-8"))
+        line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        if self._cut_short:
+            # The last line stopped mid-way (a full disk): end it, so that this one
+            # stands on a line of its own and only the cut one fails to parse.
+            line = b"\n" + line
+        try:
+            written = os.write(self._fd, line)
+        except OSError as exc:
+            raise OutputError.from_os_error(self.path, exc) from None
+        self._cut_short = written != len(line)
+        if self._cut_short:
+            raise OutputError(self.path, "No space left on device (a line was cut short)")
 
     def close(self) -> None:
         if self._fd is not None:

@@ -8,7 +8,8 @@ goes through `async with limiter.slot():`, which waits for
 2. a permit: fewer requests in flight than the current limit,
 3. a rate token when a rate cap is set,
 
-then `on_success()` / `on_throttle(retry_after)` steer the limit: additive
+then `on_success()` / `on_throttle(retry_after)` steer the limit (`call()` does
+all of it around one request that raises ApiError on a 429): additive
 increase (+1 per `limit` successes, up to the ceiling), multiplicative
 decrease (times DECREASE_FACTOR, never below 1) at most once per window, where a
 window lasts until every request in flight at the cut has finished. A burst
@@ -34,16 +35,22 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
 import anyio
 
+from batcher.client import retry
+from batcher.errors import ApiError
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DECREASE_FACTOR: Final = 0.5  # multiplicative decrease on a throttle
 BACKOFF_INITIAL: Final = 1.0  # seconds: pause after a first 429 without Retry-After
 BACKOFF_MAX: Final = 60.0  # the pause stops growing here
-RETRY_AFTER_MAX: Final = 300.0  # longer Retry-After values are capped to this
+# Longer Retry-After values are capped to this: the retry policy's cap, one for all.
+RETRY_AFTER_MAX: Final = retry.RETRY_AFTER_MAX
 # With a rate cap, up to this many requests may go at once after a quiet spell
 # (the token bucket's depth), never more than the concurrency ceiling.
 BURST_MAX: Final = 32.0
@@ -240,6 +247,19 @@ class AdaptiveLimiter:
 
     def release(self) -> None:
         self._release()
+
+    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Make one request in a slot: a 429 (ApiError) cuts the limit and pauses
+        every request, a success grows the limit back."""
+        async with self._slot:
+            try:
+                answer = await request()
+            except ApiError as exc:
+                if exc.status == retry.THROTTLED:
+                    self.on_throttle(exc.retry_after)
+                raise
+        self.on_success()
+        return answer
 
     async def ready(self) -> None:
         """Wait out any throttle pause, taking nothing: a caller that must prepare

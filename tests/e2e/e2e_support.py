@@ -19,7 +19,7 @@ from batcher.jobfile.catalog import load_catalog
 from batcher.ledger import audit_queries
 from batcher.ledger.store import BatchRecord, Ledger
 from batcher.run import prepare as service
-from batcher.run.batch_run import BatchRun, RunOptions, RunResult
+from batcher.run.batch_run import BatchRun, ImageApi, RunOptions, RunResult
 from batcher.sandbox import SandboxHandle
 from batcher.settings import ApiConfig
 
@@ -56,16 +56,19 @@ class Batch:
         budget: int | None = None,
         preflight: bool = False,
         key: str | None = None,
+        base_url: str | None = None,
         before: Callable[[Ledger, BatchRecord], BatchRecord] | None = None,
         after: Callable[[BatchRun], None] | None = None,
+        client: Callable[[MagicHourClient], ImageApi] | None = None,
         **options: Any,
     ) -> RunResult:
         """Prepare (or resume) the batch and run it as the CLI does. `before` may
-        change the batch first; `after` may look at the finished BatchRun."""
+        change the batch first; `after` may look at the finished BatchRun;
+        `client` may wrap the API client the run is given (a seam for faults)."""
         options.setdefault("out_dir", self.tmp / "out")
         options.setdefault("concurrency", 8)
         catalog = load_catalog()
-        api = ApiConfig(self.sandbox.base_url, key or self.sandbox.key)
+        api = ApiConfig(base_url or self.sandbox.base_url, key or self.sandbox.key)
         with self.ledger() as ledger:
             [spec] = service.load_jobs([self.job], catalog)
             if resume:
@@ -88,10 +91,14 @@ class Batch:
             batch = before(ledger, prepared.batch) if before else prepared.batch
 
             async def go() -> RunResult:
-                async with MagicHourClient(api, concurrency=options["concurrency"]) as client:
+                async with MagicHourClient(api, concurrency=options["concurrency"]) as real:
                     if preflight:
-                        await service.preflight(client, ledger, batch, catalog)
-                    run = service.new_run(ledger, client, batch, RunOptions(**options))
+                        await service.preflight(real, ledger, batch, catalog)
+                    run_options = RunOptions(**options)
+                    if client is None:
+                        run = service.new_run(ledger, real, batch, run_options)
+                    else:
+                        run = BatchRun(ledger, client(real), batch, run_options)
                     result = await run.run()
                     if after is not None:
                         after(run)

@@ -7,6 +7,8 @@ created twice, nothing lost, and credits that match to the credit.
 from __future__ import annotations
 
 import json
+import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,11 @@ import pytest
 from e2e_support import Batch, assert_exactly_once, prompts
 from PIL import Image
 
-from batcher.errors import AuthError, PreflightError
-from batcher.ledger.store import BatchRecord, Ledger
+from batcher.client import retry
+from batcher.errors import AuthError, OutputFolderError, PreflightError
+from batcher.ledger.store import FAILURE_TRANSIENT, BatchRecord, Ledger
 from batcher.run import prepare as service
-from batcher.run.batch_run import STOP_BUDGET
+from batcher.run.batch_run import STOP_BUDGET, STOP_UNREACHABLE
 from batcher.run.liveness import new_worker
 
 MakeBatch = Any
@@ -84,6 +87,57 @@ def test_5xx_answers_are_retried_and_nothing_is_charged_twice(make_batch: MakeBa
     assert_exactly_once(batch)
     assert len(batch.sandbox.journal()) == 20
     assert batch.sandbox.stats().count("POST /v1/ai-image-generator", 200) == 20
+
+
+def test_creates_refused_every_time_are_left_for_resume_by_the_retry_policy(
+    make_batch: MakeBatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="batcher.client.retry")
+    batch = make_batch(prompts(3), error_rate=1.0)
+    result = batch.run(concurrency=2)
+    assert result.states["failed"] == 3
+    with batch.ledger() as ledger:
+        items = list(ledger.items(1))
+    assert {i.failure for i in items} == {FAILURE_TRANSIENT}
+    assert batch.sandbox.journal() == [], "a 5xx creates nothing"
+    refused = sum(
+        batch.sandbox.stats().count("POST /v1/ai-image-generator", status)
+        for status in (500, 502, 503)
+    )
+    assert refused == 3 * retry.CREATE_ATTEMPTS
+    # The policy's retries, logged per item: attempts 1 to 5, then it gave up.
+    records = [r for r in caplog.records if r.__dict__.get("event") == "retry.create"]
+    by_key: dict[str, list[int]] = {}
+    for record in records:
+        by_key.setdefault(record.__dict__["key"], []).append(record.__dict__["attempt"])
+    assert by_key == {i.key: list(range(1, retry.CREATE_ATTEMPTS)) for i in items}
+    # They were refused for now, not for good: a plain resume sends them again.
+    batch.sandbox.set_faults(error_rate=0.0)
+    again = batch.run(resume=True)
+    assert again.succeeded
+    assert again.counters.sent == 3
+
+
+def test_an_unreachable_api_stops_sending_with_nothing_sent(make_batch: MakeBatch) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    batch = make_batch(prompts(20))
+    result = batch.run(base_url=f"http://127.0.0.1:{port}", concurrency=4)
+    assert result.stopped == STOP_UNREACHABLE
+    assert result.unsent == 20
+    assert _states(batch) == {"pending": 20}
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_sending(
+    make_batch: MakeBatch, tmp_path: Path
+) -> None:
+    batch = make_batch(prompts(3))
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(OutputFolderError):
+        batch.run(out_dir=tmp_path / "taken")
+    assert batch.sandbox.journal() == []
+    assert _states(batch) == {"pending": 3}
 
 
 def test_dropped_connections_leave_items_in_doubt_never_resent(make_batch: MakeBatch) -> None:
@@ -262,7 +316,7 @@ def test_renders_adopted_on_resume_teach_the_poll_planner_nothing(make_batch: Ma
     batch = make_batch(prompts(5))
     batch.run(wait=False)
     learned: list[int] = []
-    result = batch.run(resume=True, after=lambda run: learned.append(run.planner.samples))
+    result = batch.run(resume=True, after=lambda run: learned.append(run.follower.planner.samples))
     assert result.succeeded
     assert learned == [0]
 

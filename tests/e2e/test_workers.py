@@ -53,9 +53,11 @@ def _has_joined(db: str, pid: int) -> bool:
         return any(w.pid == pid for w in ledger.workers())
 
 
-def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    # In the test's folder: the default output folder (out/<batch>, where the
+    # manifest goes even with --no-download) must not land in the checkout.
     return subprocess.Popen(
-        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -88,9 +90,11 @@ def _run_three_workers(
     env = cli_env(MAGIC_HOUR_API_KEY="sandbox-key", BATCHER_RETRY_INSTANT="1")
     common = ["--base-url", sandbox.base_url, "--db", db, "--no-download"]
     common += ["--concurrency", str(concurrency)]
-    first = _start(batcher_command("-q", "run", str(path), *common), env)
+    first = _start(batcher_command("-q", "run", str(path), *common), env, tmp_path)
     _wait_for(lambda: _batch_exists(db, "shared") or first.poll() is not None)
-    others = [_start(batcher_command("-q", "worker", "shared", *common), env) for _ in range(2)]
+    others = [
+        _start(batcher_command("-q", "worker", "shared", *common), env, tmp_path) for _ in range(2)
+    ]
     victim = others[0]
     if kill:
         # Kill it mid-run: once it has joined and creates are flowing.
@@ -150,9 +154,9 @@ def test_budget_holds_across_two_processes_on_one_sqlite_file(
     path = write_job(tmp_path, prompts(80, resolution="640px"), name="shared", budget=203)
     env = cli_env(MAGIC_HOUR_API_KEY="sandbox-key", BATCHER_RETRY_INSTANT="1")
     common = ["--base-url", sandbox.base_url, "--db", db, "--no-download", "--concurrency", "16"]
-    first = _start(batcher_command("-q", "run", str(path), *common), env)
+    first = _start(batcher_command("-q", "run", str(path), *common), env, tmp_path)
     _wait_for(lambda: _batch_exists(db, "shared") or first.poll() is not None)
-    second = _start(batcher_command("-q", "worker", "shared", *common), env)
+    second = _start(batcher_command("-q", "worker", "shared", *common), env, tmp_path)
     results = [_finish(first), _finish(second)]
     assert all(code == 1 for code, _ in results), results
     # Exact estimates (640px is z-image-turbo's lowest): the cap is exact too.

@@ -289,6 +289,28 @@ async def test_polls_that_keep_failing_are_reported_not_fatal(
     assert report.refunds == ()
 
 
+async def test_a_429_storm_slows_reconcile_down_instead_of_failing_it(
+    ledger: Ledger, make_sandbox: MakeSandbox
+) -> None:
+    sandbox = make_sandbox(render_seconds=0.05)
+    seeded = seed(ledger, sandbox, created=40, lost=0)
+    wait_for_renders(sandbox)
+    # 40 polls, 8 at once, against 20 requests/s and 429s without Retry-After,
+    # as the real API answers. Retries without waits (the test switch): only
+    # the limiter, which every poll waits for, paces them.
+    sandbox.set_faults(rate_limit=20.0)
+    with retry.instant():
+        config = ApiConfig(base_url=sandbox.base_url, api_key=sandbox.key)
+        async with MagicHourClient(config, concurrency=8) as client:
+            report = await reconcile(ledger, client, concurrency=8)
+    throttled = sandbox.stats().count("GET /v1/image-projects/{id}", 429)
+    assert throttled > 0, "the storm did not happen"
+    assert report.errors == ()
+    assert report.complete
+    assert report.projects_polled == len(seeded.projects) == 40
+    assert report.statuses == {"complete": 40}
+
+
 async def test_a_rejected_key_stops_reconcile(ledger: Ledger, make_sandbox: MakeSandbox) -> None:
     sandbox = make_sandbox(render_seconds=0.05)
     seed(ledger, sandbox, created=3, lost=0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import resource
+import signal
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +32,7 @@ from batcher.errors import (
     ConnectError,
     DownloadExpiredError,
     MalformedResponseError,
+    OutputError,
     ResponseLostError,
 )
 from batcher.settings import ApiConfig
@@ -528,3 +532,42 @@ async def test_unusable_download_url(url: str, tmp_path: Path) -> None:
             await client.download(url, tmp_path / "a.png")
     assert rec.requests == []
     assert names(tmp_path) == []
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Files this process writes cannot grow past `limit` bytes: a write beyond it
+    fails with a real OSError (EFBIG), as a full disk makes one fail (ENOSPC)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+async def test_a_write_that_fails_mid_download_is_an_output_error(tmp_path: Path) -> None:
+    dest = tmp_path / "img.png"
+    dest.write_bytes(b"previous good image")
+    client, _ = client_for(_image_answer)  # 300 kB
+    async with client:
+        with file_size_limit(100_000), pytest.raises(OutputError) as caught:
+            await client.download("https://cdn.test/a.png", dest)
+    assert caught.value.path == str(dest)
+    assert str(caught.value).startswith(f"cannot write {dest}: ")
+    assert "\n" not in str(caught.value)
+    assert names(tmp_path) == ["img.png"]  # no partial file left
+    assert dest.read_bytes() == b"previous good image"
+
+
+async def test_a_folder_that_cannot_be_made_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("a file where the folder should be")
+    client, rec = client_for(_image_answer)
+    dest = tmp_path / "out" / "img.png"
+    async with client:
+        with pytest.raises(OutputError) as caught:
+            await client.download("https://cdn.test/a.png", dest)
+    assert caught.value.path == str(dest)
+    assert rec.requests == []  # found before fetching anything

@@ -9,7 +9,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from batcher.run.limits import BACKOFF_INITIAL, AdaptiveLimiter
+from batcher.client import retry
+from batcher.errors import ApiError
+from batcher.run.limits import BACKOFF_INITIAL, RETRY_AFTER_MAX, AdaptiveLimiter
 
 pytestmark = pytest.mark.anyio
 
@@ -271,3 +273,34 @@ def test_ceilings_move_with_a_share_of_shared_limits() -> None:
     limiter.on_throttle()
     limiter.set_ceilings(16, None)
     assert limiter.limit == 4, "a limit cut by 429s stays cut"
+
+
+async def test_call_steers_the_limit_by_the_answer() -> None:
+    clock = FakeClock()
+    lim = limiter(8, clock)
+
+    async def throttled() -> None:
+        raise ApiError(429, "slow down", retry_after=3.0)
+
+    async def refused() -> None:
+        raise ApiError(503, "unavailable")
+
+    async def answered() -> str:
+        assert lim.in_flight == 1  # the request runs inside a slot
+        return "ok"
+
+    with pytest.raises(ApiError):
+        await lim.call(throttled)
+    assert (lim.throttles, lim.limit, lim.in_flight) == (1, 4, 0)
+    assert lim.paused_for() == 3.0  # its Retry-After pauses every request
+    with pytest.raises(ApiError):
+        await lim.call(refused)
+    assert (lim.throttles, lim.limit) == (1, 4), "only a 429 is a throttle"
+    for _ in range(4):
+        assert await lim.call(answered) == "ok"
+    assert lim.limit == 5  # +1 per `limit` successes
+    assert clock.slept == [3.0]
+
+
+def test_retry_after_is_capped_as_the_retry_policy_caps_it() -> None:
+    assert RETRY_AFTER_MAX == retry.RETRY_AFTER_MAX

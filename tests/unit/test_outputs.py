@@ -1,9 +1,18 @@
+"""The output folder: names, the manifest, and disk errors as OutputError."""
+
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from batcher.run.files import Manifest, batch_folder, image_name, slug
+import pytest
+
+from batcher.errors import InputError, OutputError, OutputFolderError
+from batcher.run.files import Manifest, batch_folder, image_name, prepare_folder, slug
+
+FULL_DEVICE = Path("/dev/full")  # every write fails with ENOSPC, as on a full disk
+needs_dev_full = pytest.mark.skipif(not FULL_DEVICE.exists(), reason="no /dev/full here")
 
 
 def test_slug_is_short_safe_and_readable() -> None:
@@ -36,3 +45,50 @@ def test_manifest_appends_json_lines(tmp_path: Path) -> None:
     manifest.close()
     lines = (tmp_path / "b" / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
+
+
+def test_prepare_folder_creates_it_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    prepare_folder(folder)
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []
+
+
+def test_a_folder_that_is_a_file_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(OutputFolderError) as caught:
+        prepare_folder(tmp_path / "taken" / "out")
+    assert isinstance(caught.value, InputError)  # exit 2: bad configuration
+    assert caught.value.exit_code == 2
+    assert caught.value.path == str(tmp_path / "taken" / "out")
+    assert "must be writable" in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputFolderError, match="Permission denied"):
+            prepare_folder(folder)
+    finally:
+        folder.chmod(0o700)
+
+
+@needs_dev_full
+def test_a_full_disk_under_the_manifest_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "manifest.jsonl").symlink_to(FULL_DEVICE)
+    manifest = Manifest(tmp_path)
+    with pytest.raises(OutputError) as caught:
+        manifest.write({"key": "a", "state": "complete"})
+    manifest.close()
+    assert caught.value.path == str(tmp_path / "manifest.jsonl")
+    assert caught.value.reason == "No space left on device"
+    assert caught.value.exit_code == 1
+
+
+def test_a_manifest_folder_that_cannot_be_made_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(OutputError, match="cannot write"):
+        Manifest(tmp_path / "taken").write({"key": "a"})

@@ -72,7 +72,7 @@ def test_waits_honour_retry_after_capped() -> None:
     assert retry.wait_seconds(1, ApiError(429, "x", retry_after=7.5)) == 7.5
     assert retry.wait_seconds(1, ApiError(429, "x", retry_after=0)) == 0.0
     assert retry.wait_seconds(9, ApiError(503, "x", retry_after=10_000)) == retry.RETRY_AFTER_MAX
-    assert retry.create_wait(2, ApiError(503, "x", retry_after=2)) == 2
+    assert retry.wait_seconds(2, ApiError(503, "x", retry_after=2)) == 2
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 6, 20, 100])
@@ -88,7 +88,7 @@ def test_instant_switch_removes_every_wait() -> None:
     with retry.instant():
         assert not retry.waiting()
         assert retry.wait_seconds(5, ApiError(429, "x", retry_after=60)) == 0
-        assert retry.create_wait(3, ConnectError("x")) == 0
+        assert retry.wait_seconds(3, ConnectError("x")) == 0
     assert retry.waiting()
     retry.set_waiting(False)
     try:
@@ -186,3 +186,85 @@ async def test_retries_are_logged_with_stable_fields(caplog: pytest.LogCaptureFi
     assert [r.__dict__["status"] for r in records] == [429, None]
     assert [r.__dict__["error_type"] for r in records] == ["ApiError", "ConnectError"]
     assert all(r.__dict__["wait"] == 0 for r in records)
+
+
+def retry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "batcher.client.retry"]
+
+
+async def test_a_create_honours_retry_after_on_a_5xx(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="batcher.client.retry")
+    assert retry.waiting()
+    call = Flaky(ApiError(503, "x", retry_after=0.01))
+    assert await run_create(call) == "ok"
+    [record] = retry_records(caplog)
+    assert record.__dict__["wait"] == 0.01
+
+
+async def test_paced_429s_wait_nothing_and_count_apart(caplog: pytest.LogCaptureFixture) -> None:
+    # With waits on: a paced caller's limiter pauses for a 429, the policy adds nothing.
+    caplog.set_level(logging.DEBUG, logger="batcher.client.retry")
+    assert retry.waiting()
+
+    async def run(call: Flaky) -> str:
+        async for attempt in retry.create_retrying(attempts=2, throttled_attempts=4, paced=True):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    throttles = [ApiError(429, "slow down") for _ in range(3)]
+    call = Flaky(*throttles, ApiError(503, "x", retry_after=0))
+    assert await run(call) == "ok"
+    assert call.calls == 5  # 3 429s and a 5xx: within both allowances
+    records = retry_records(caplog)
+    assert [r.__dict__["wait"] for r in records] == [0, 0, 0, 0]
+    assert [r.levelno for r in records] == [logging.DEBUG] * 3 + [logging.INFO]
+
+    always = Flaky(*[ApiError(429, "slow down") for _ in range(10)])
+    with pytest.raises(ApiError):
+        await run(always)
+    assert always.calls == 4  # the 429 allowance
+
+    failing = Flaky(ApiError(429, "x"), ApiError(500, "x", retry_after=0), ApiError(500, "x"))
+    with pytest.raises(ApiError, match="500"):
+        await run(failing)
+    assert failing.calls == 3  # two 5xx: the other allowance, whatever the 429s
+
+
+@pytest.mark.usefixtures("instant")
+async def test_without_pacing_a_429_is_one_more_failure() -> None:
+    call = Flaky(*[ApiError(429, "slow down") for _ in range(10)])
+    with pytest.raises(ApiError):
+        await run_create(call, attempts=3)
+    assert call.calls == 3
+
+
+@pytest.mark.usefixtures("instant")
+async def test_create_and_read_calls_run_the_policy(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="batcher.client.retry")
+    # A first try that works: no retry, no log.
+    once = Flaky()
+    assert await retry.create(once) == "ok"
+    assert once.calls == 1
+    # The first try's failure is the policy's attempt 1, logged as any other.
+    twice = Flaky(ConnectError("x"), ApiError(502, "x"))
+    assert await retry.create(twice, about={"key": "k1"}) == "ok"
+    assert twice.calls == 3
+    records = retry_records(caplog)
+    assert [r.__dict__["attempt"] for r in records] == [1, 2]
+    assert {r.__dict__["key"] for r in records} == {"k1"}
+    assert {r.__dict__["event"] for r in records} == {"retry.create"}
+    # What the policy does not retry is raised at once.
+    lost = Flaky(ResponseLostError("maybe sent"))
+    with pytest.raises(ResponseLostError):
+        await retry.create(lost)
+    assert lost.calls == 1
+    # Reads retry what creates must not, up to their attempts.
+    read = Flaky(ResponseLostError("x"), ApiError(503, "x"))
+    assert await retry.read(read, about={"project_id": "p1"}) == "ok"
+    assert read.calls == 3
+    assert [r.__dict__["event"] for r in retry_records(caplog)[2:]] == ["retry.read"] * 2
+    always = Flaky(*[ApiError(500, "x") for _ in range(20)])
+    with pytest.raises(ApiError):
+        await retry.read(always)
+    assert always.calls == retry.READ_ATTEMPTS

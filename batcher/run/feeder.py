@@ -1,0 +1,188 @@
+"""Feeding claims: this worker's place among a batch's workers, and its work.
+
+- pages of pending items, claimed under a lease, into the send stream;
+- renders created earlier (by a previous run or a dead worker), claimed and
+  handed to the follower: all of them before anything is sent (resume's
+  promise: fresh state and download URLs first), and later whatever comes free;
+- the worker's heartbeat, which renews its leases;
+- recovery of what dead workers left: their sends in doubt, their claims free;
+- the batch's shared ceilings (`--batch-concurrency`, `--batch-rate`), split
+  between the live workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Final
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from batcher.ledger.models import utcnow
+from batcher.ledger.store import BatchRecord, ItemRecord, Ledger, WorkerRecord
+from batcher.run.follower import Follower
+from batcher.run.limits import AdaptiveLimiter
+from batcher.run.liveness import is_dead
+from batcher.run.state import RunState, in_thread
+
+log = logging.getLogger(__name__)
+
+# Items claimed per query: large pages make claims cheap per item, small ones
+# leave more for other workers; a worker holds about this many unsent items.
+CLAIM_PAGE_MAX: Final = 256
+# How often a worker re-reads the batch's shared ceilings and counts its peers.
+SHARE_REFRESH_S: Final = 2.0
+# Nothing to claim while peers hold items: look again after this (at most).
+IDLE_LOOK_S: Final = 5.0
+
+
+class Feeder:
+    """Claims the batch's work for this worker, and keeps the worker's claims alive."""
+
+    def __init__(
+        self,
+        state: RunState,
+        ledger: Ledger,
+        batch: BatchRecord,
+        worker: WorkerRecord,
+        limiter: AdaptiveLimiter,
+        follower: Follower,
+        *,
+        concurrency: int,
+        claim_page: int,
+        lease_s: float,
+        heartbeat_s: float,
+        wait: bool,
+        poll_known_first: bool,
+    ) -> None:
+        self._state = state
+        self._ledger = ledger
+        self._batch = batch
+        self._worker = worker
+        self._limiter = limiter
+        self._follower = follower
+        self._page = claim_page or min(CLAIM_PAGE_MAX, max(16, 4 * concurrency))
+        self._lease_s = lease_s
+        self._heartbeat_s = heartbeat_s
+        self._wait = wait
+        self._poll_known_first = poll_known_first
+
+    # ------------------------------------------------------------------ joining
+
+    async def join(self) -> None:
+        """Settle what dead workers left, then register this worker."""
+        await self._recover()
+        await in_thread(self._ledger.register_worker, self._worker)
+
+    async def leave(self) -> None:
+        """This worker stops: its claims are handed back."""
+        await in_thread(self._ledger.stop_worker, self._worker.id)
+
+    async def keep_alive(self) -> None:
+        """Beat every heartbeat_s, renewing this worker's leases (until cancelled)."""
+        counters = self._state.counters
+        while True:
+            await anyio.sleep(self._heartbeat_s)
+            try:
+                await in_thread(
+                    self._ledger.heartbeat,
+                    self._worker.id,
+                    lease_until=self._lease_until(),
+                    in_flight=counters.in_flight + counters.rendering,
+                )
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+
+    async def share_ceilings(self) -> None:
+        """Keep this worker to its share of the batch's shared ceilings, if any:
+        N workers split them instead of multiplying them (until cancelled)."""
+        own_ceiling, own_rate = self._limiter.ceiling, self._limiter.rate
+        while True:
+            batch = await in_thread(self._ledger.get_batch_by_id, self._batch.id)
+            if batch.shared_concurrency is not None or batch.shared_rate is not None:
+                workers = max(
+                    1,
+                    await in_thread(self._ledger.live_worker_count, self._batch.id, self._lease_s),
+                )
+                ceiling, rate = own_ceiling, own_rate
+                if batch.shared_concurrency is not None:
+                    ceiling = min(ceiling, max(1, batch.shared_concurrency // workers))
+                if batch.shared_rate is not None:
+                    share = batch.shared_rate / workers
+                    rate = share if rate is None else min(rate, share)
+                self._limiter.set_ceilings(ceiling, rate)
+            await anyio.sleep(SHARE_REFRESH_S)
+
+    # ------------------------------------------------------------------ feeding
+
+    async def serve(self, sends: MemoryObjectSendStream[ItemRecord]) -> None:
+        """Known renders first, then pages of pending items until none is left
+        (here or with live peers) or sending stops."""
+        state = self._state
+        try:
+            if self._poll_known_first:
+                await self._adopt(first_look=True)
+                await self._follower.first_looks_done()
+            while not state.halted():
+                items = await self._claim("pending")
+                if not items:
+                    if self._wait and await self._adopt(first_look=False):
+                        continue
+                    if not await self._others_hold_work():
+                        break
+                    await anyio.sleep(min(IDLE_LOOK_S, self._lease_s / 4))
+                    continue
+                state.hold(len(items))
+                for index, item in enumerate(items):
+                    if state.halted():
+                        await state.release(items[index:])
+                        break
+                    await sends.send(item)
+        finally:
+            state.feeding_done()
+
+    async def _adopt(self, *, first_look: bool) -> int:
+        """Claim renders created earlier and hand them to the follower; how many."""
+        adopted = 0
+        while True:
+            items = await self._claim("submitted")
+            if not items:
+                return adopted
+            charges = await in_thread(
+                self._ledger.project_charges, [i.project_id for i in items if i.project_id]
+            )
+            net = {project: charged - refunded for project, (charged, refunded) in charges.items()}
+            self._state.hold(len(items))
+            self._follower.adopt(items, net, first_look=first_look)
+            adopted += len(items)
+
+    async def _claim(self, state: str) -> list[ItemRecord]:
+        """The next page of unclaimed items in `state`, now held by this worker."""
+        items: list[ItemRecord] = await in_thread(
+            self._ledger.claim,
+            self._batch.id,
+            self._worker.id,
+            states=[state],
+            limit=self._page,
+            lease_until=self._lease_until(),
+        )
+        return items
+
+    async def _others_hold_work(self) -> bool:
+        """Other live workers hold items that may come back (their lease may expire).
+        Settles what dead workers left first, so their items are claimable now."""
+        await self._recover()
+        held: int = await in_thread(self._ledger.held_elsewhere, self._batch.id, self._worker.id)
+        return bool(held)
+
+    async def _recover(self) -> None:
+        me, lease_s = self._worker.id, self._lease_s
+        await in_thread(
+            self._ledger.recover,
+            self._batch.id,
+            is_dead=lambda w: is_dead(w, me=me, lease_s=lease_s),
+        )
+
+    def _lease_until(self) -> datetime:
+        return utcnow() + timedelta(seconds=self._lease_s)

@@ -1,0 +1,412 @@
+"""Following renders: when to look at each one, and what its end means.
+
+    follow() / adopt() ──▶ schedule (a heap by due time) ──▶ pollers ──GET──▶ API
+                                                               │
+        complete: download the images, record the refund ◀─────┤
+        error (refunded), retries left: create it again ◀──────┤ (to the senders)
+        error, canceled, 404: the item failed ◀────────────────┘
+
+A render this run created is looked at when the poll planner expects it done
+(it learns render times as renders finish); one created earlier (adopted) is
+looked at once at once: its age is unknown.
+
+A full disk (OutputError) stops the downloads and, through the run state, the
+sending. The render whose images could not be saved, and every render still
+followed, is handed back `submitted` with its project id: `resume` polls it
+again, fetches fresh download URLs and pays nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from batcher.client import retry
+from batcher.client.magic_hour import ProjectStatus
+from batcher.errors import (
+    ApiError,
+    AuthError,
+    DownloadExpiredError,
+    OutputError,
+    TransportError,
+)
+from batcher.ledger.store import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
+from batcher.run.files import image_name
+from batcher.run.limits import AdaptiveLimiter
+from batcher.run.pacing import PollPlanner, RenderGate
+from batcher.run.state import STOP_OUTPUT, ImageApi, RunState
+
+log = logging.getLogger(__name__)
+
+FINISHED = frozenset({"complete", "error", "canceled"})
+# Expired download URLs: fetch fresh ones this many times before giving up.
+DOWNLOAD_ROUNDS = 3
+# A poll that failed through all its retries: look again this much later.
+POLL_AGAIN_S = 5.0
+NOT_FOUND = 404
+
+
+@dataclass(slots=True)
+class _Render:
+    """A render this run follows."""
+
+    item: ItemRecord
+    project_id: str
+    charged: int | None  # credits charged at create; None when not known here
+    created_at: float  # monotonic time the create was accepted (or it was adopted)
+    polls: int = 0
+    last_pending_age: float | None = None  # seen unfinished this long after its create
+    first_look: bool = False  # adopted by the pass that runs before anything is sent
+    # Created by this run: its age is a render time the poll planner can learn from.
+    # An adopted render was created who knows when.
+    age_known: bool = True
+
+
+class Follower:
+    """Polls every render handed to it until it ends, and records how it ended.
+
+    `serve()` runs the schedule and the pollers (start it with `TaskGroup.start`:
+    `follow` and `adopt` need it running); renders failed and refunded are sent
+    again through the stream it is given.
+    """
+
+    def __init__(
+        self,
+        state: RunState,
+        client: ImageApi,
+        limiter: AdaptiveLimiter,
+        gate: RenderGate,
+        *,
+        concurrency: int,
+        wait: bool,
+        render_retries: int,
+        out_dir: Path | None,
+    ) -> None:
+        self.planner = PollPlanner()
+        self._state = state
+        self._counters = state.counters
+        self._client = client
+        self._limiter = limiter
+        self._gate = gate
+        self._pollers = max(4, concurrency)
+        self._wait = wait
+        self._render_retries = render_retries
+        self._out_dir = out_dir
+        self._downloads = anyio.CapacityLimiter(max(2, min(concurrency, 16)))
+        self._schedule: list[tuple[float, int, _Render]] = []
+        self._seq = 0
+        self._schedule_changed = anyio.Event()
+        self._first_looks_left = 0
+        self._first_looks_seen = anyio.Event()
+        self._cannot_write: OutputError | None = None
+        self._polls: MemoryObjectSendStream[_Render] | None = None
+        self._resend: MemoryObjectSendStream[ItemRecord] | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def serve(
+        self,
+        resend: MemoryObjectSendStream[ItemRecord],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        polls_tx, polls_rx = anyio.create_memory_object_stream[_Render](math.inf)
+        with polls_tx, polls_rx:
+            self._polls, self._resend = polls_tx, resend
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                tasks.start_soon(self._release_due)
+                for _ in range(self._pollers):
+                    tasks.start_soon(self._poller, polls_rx)
+                task_status.started()
+
+    # ------------------------------------------------------------------ taking renders on
+
+    def follow(self, item: ItemRecord, project_id: str, charged: int) -> None:
+        """A create of this run was accepted: follow its render."""
+        self._counters.rendering += 1
+        submitted = dataclasses.replace(
+            item, state="submitted", project_id=project_id, attempts=item.attempts + 1
+        )
+        self._plan(_Render(submitted, project_id, charged, time.monotonic()))
+
+    def adopt(
+        self, items: Sequence[ItemRecord], charged: Mapping[str, int], *, first_look: bool
+    ) -> None:
+        """Renders created earlier (a previous run, a dead worker), already held for
+        this run; `charged` is each project's net charge in the ledger."""
+        self._gate.adopt(len(items))
+        self._counters.rendering += len(items)
+        if first_look:
+            self._first_looks_left += len(items)
+        for item in items:
+            assert item.project_id is not None
+            render = _Render(
+                item,
+                item.project_id,
+                charged.get(item.project_id),
+                time.monotonic(),
+                first_look=first_look,
+                age_known=False,
+            )
+            self._poll_now(render)  # age unknown: look now
+
+    async def first_looks_done(self) -> None:
+        """Every render adopted with `first_look` has been looked at once."""
+        while self._first_looks_left > 0:
+            await self._first_looks_seen.wait()
+
+    # ------------------------------------------------------------------ the schedule
+
+    def _plan(self, render: _Render) -> None:
+        age = time.monotonic() - render.created_at
+        self._schedule_at(time.monotonic() + self.planner.next_delay(age, render.polls), render)
+
+    def _schedule_at(self, due: float, render: _Render) -> None:
+        if self._cannot_write is not None:
+            self._poll_now(render)  # the pollers hand it back
+            return
+        self._seq += 1
+        heapq.heappush(self._schedule, (due, self._seq, render))
+        if self._schedule[0][1] == self._seq:
+            self._schedule_changed.set()
+
+    def _poll_now(self, render: _Render) -> None:
+        assert self._polls is not None, "serve() is not running"
+        self._polls.send_nowait(render)
+
+    async def _release_due(self) -> None:
+        """Hand each render to the pollers when it is due."""
+        while True:
+            changed = self._schedule_changed = anyio.Event()
+            now = time.monotonic()
+            while self._schedule and self._schedule[0][0] <= now:
+                _, _, render = heapq.heappop(self._schedule)
+                self._poll_now(render)
+            timeout = self._schedule[0][0] - now if self._schedule else math.inf
+            with anyio.move_on_after(timeout):
+                await changed.wait()
+
+    # ------------------------------------------------------------------ polls
+
+    async def _poller(self, polls: MemoryObjectReceiveStream[_Render]) -> None:
+        async for render in polls:
+            await self._poll(render)
+
+    async def _get_once(self, project_id: str) -> ProjectStatus:
+        self._counters.polls += 1
+        try:
+            return await self._limiter.call(lambda: self._client.get_project(project_id))
+        except ApiError as exc:
+            if retry.is_throttle(exc):
+                self._counters.throttled += 1
+            raise
+
+    async def _get(self, project_id: str) -> ProjectStatus:
+        status: ProjectStatus = await retry.read(
+            lambda: self._get_once(project_id), paced=True, about={"project_id": project_id}
+        )
+        return status
+
+    async def _poll(self, render: _Render) -> None:
+        if self._cannot_write is not None:
+            self._first_look_seen(render)
+            await self._let_go(render)
+            return
+        age = time.monotonic() - render.created_at
+        try:
+            status = await self._get(render.project_id)
+        except AuthError as exc:
+            self._state.fail(exc)
+            return
+        except (ApiError, TransportError) as exc:
+            self._first_look_seen(render)
+            if isinstance(exc, ApiError) and exc.status == NOT_FOUND:
+                await self._render_failed(render, None, "not_found", exc.message)
+                return
+            log.warning(
+                "poll failed; will try again",
+                extra={"project_id": render.project_id, "error": str(exc)},
+            )
+            render.polls += 1
+            self._schedule_at(time.monotonic() + POLL_AGAIN_S, render)
+            return
+        render.polls += 1
+        self._first_look_seen(render)
+        if status.status not in FINISHED:
+            render.last_pending_age = age
+            if not self._wait:
+                # --no-wait: a resumed batch looks once, then leaves the render be.
+                await self._let_go(render)
+                return
+            self._plan(render)
+            return
+        if render.age_known:
+            self.planner.observe(age, render.last_pending_age)
+        if status.status == "complete":
+            await self._complete(render, status)
+        else:
+            code = status.error_code or status.status
+            message = status.error_message or f"the render ended as {status.status}"
+            await self._render_failed(render, status, code, message)
+
+    def _first_look_seen(self, render: _Render) -> None:
+        if render.first_look:
+            render.first_look = False
+            self._first_looks_left -= 1
+            if self._first_looks_left <= 0:
+                self._first_looks_seen.set()
+                self._first_looks_seen = anyio.Event()
+
+    def _render_left(self) -> None:
+        """A render is no longer followed: its place under the render cap is free."""
+        self._counters.rendering -= 1
+        self._gate.finished()
+
+    async def _let_go(self, render: _Render) -> None:
+        """Stop following a render that has not ended: it stays `submitted`, for `resume`."""
+        self._render_left()
+        await self._state.release([render.item])
+
+    # ------------------------------------------------------------------ how renders end
+
+    async def _complete(self, render: _Render, status: ProjectStatus) -> None:
+        self._render_left()
+        files: tuple[str, ...] = ()
+        if self._out_dir is not None:
+            try:
+                files = await self._download_all(render, status, self._out_dir)
+            except OutputError as exc:
+                await self._stop_downloads(render, exc)
+                return
+            except (ApiError, TransportError) as exc:
+                await self._finish(
+                    render, "failed", failure=FAILURE_DOWNLOAD, message=f"download failed: {exc}"
+                )
+                self._counters.failed += 1
+                self._manifest(render, "failed", error=f"download failed: {exc}")
+                self._state.settle()
+                return
+        refund = self._refund(render, status)
+        await self._finish(render, "complete", refund=refund, files=files)
+        self._counters.complete += 1
+        self._counters.images += len(files) if files else len(status.downloads)
+        self._counters.credits_refunded += refund
+        self._manifest(render, "complete", refunded=refund, files=files)
+        self._state.settle()
+
+    async def _stop_downloads(self, render: _Render, exc: OutputError) -> None:
+        """The images cannot be saved: stop sending and downloading; every render
+        still followed goes back `submitted`, so `resume` fetches it for nothing."""
+        if self._cannot_write is None:
+            self._cannot_write = exc
+            self._state.halt(
+                STOP_OUTPUT, f"{exc}; downloads stopped, renders left for `resume` to fetch"
+            )
+            while self._schedule:  # due now: the pollers hand them back
+                _, _, waiting = heapq.heappop(self._schedule)
+                self._poll_now(waiting)
+        await self._state.release([render.item])
+
+    async def _finish(self, render: _Render, state: str, **fields: Any) -> None:
+        """Record how a followed render ended; budget it frees is then usable."""
+        item = render.item
+        await self._state.writer.apply(
+            RenderFinished(item.id, item.batch_id, render.project_id, state, **fields)
+        )
+        self._state.notify_settled()
+
+    def _refund(self, render: _Render, status: ProjectStatus | None) -> int:
+        if status is None or status.credits_charged is None or render.charged is None:
+            return 0
+        return max(0, render.charged - status.credits_charged)
+
+    async def _render_failed(
+        self, render: _Render, status: ProjectStatus | None, code: str, message: str
+    ) -> None:
+        self._render_left()
+        refund = self._refund(render, status)
+        item = render.item
+        again = item.render_failures < self._render_retries and not self._state.halted()
+        await self._finish(
+            render,
+            "pending" if again else "failed",
+            refund=refund,
+            failure=None if again else FAILURE_RENDER,
+            code=code,
+            message=message,
+            count_render_failure=True,
+        )
+        self._counters.credits_refunded += refund
+        if again:
+            retried = dataclasses.replace(
+                item, state="pending", render_failures=item.render_failures + 1, project_id=None
+            )
+            log.info(
+                "render failed; creating it again",
+                extra={"key": item.key, "project_id": render.project_id, "code": code},
+            )
+            # Still held: the senders take it like a new one. Not awaited here,
+            # the send stream may be full and a poller must not wait on it.
+            assert self._tasks is not None and self._resend is not None
+            self._tasks.start_soon(self._resend.send, retried)
+            return
+        self._counters.failed += 1
+        self._manifest(render, "failed", refunded=refund, error=f"{code}: {message}")
+        self._state.settle()
+
+    def _manifest(
+        self,
+        render: _Render,
+        state: str,
+        *,
+        refunded: int = 0,
+        files: tuple[str, ...] = (),
+        error: str | None = None,
+    ) -> None:
+        self._state.write_manifest(
+            render.item,
+            state,
+            project_id=render.project_id,
+            charged=render.charged,
+            refunded=refunded,
+            files=files,
+            error=error,
+        )
+
+    # ------------------------------------------------------------------ downloads
+
+    async def _download_all(
+        self, render: _Render, status: ProjectStatus, folder: Path
+    ) -> tuple[str, ...]:
+        item = render.item
+        for round_ in range(DOWNLOAD_ROUNDS):
+            try:
+                paths: list[str] = []
+                for index, download in enumerate(status.downloads):
+                    name = image_name(item.ordinal, item.prompt, item.key, index, download.url)
+                    dest = folder / name
+                    async with self._downloads:
+                        await self._fetch(download.url, dest)
+                    paths.append(str(dest))
+                return tuple(paths)
+            except DownloadExpiredError:
+                if round_ + 1 >= DOWNLOAD_ROUNDS:
+                    raise
+                # Signed URLs expire; a fresh GET gives new ones.
+                status = await self._get(render.project_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch(self, url: str, dest: Path) -> None:
+        # Downloads go to the CDN, not the API: no limiter slot, plain backoff.
+        await retry.read(lambda: self._client.download(url, dest), about={"path": str(dest)})
