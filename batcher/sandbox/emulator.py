@@ -854,15 +854,25 @@ class Emulator:
         self._ended.clear()
 
     def record_webhook(
-        self, delivery_id: str, timestamp: int, status: int | None, error: str | None
+        self,
+        delivery_id: str,
+        timestamp: int,
+        status: int | None,
+        error: str | None,
+        *,
+        sent_at: float | None = None,
+        sent_wall: float | None = None,
     ) -> None:
-        """What one attempt got back; a failure is due again after its backoff."""
+        """What one attempt (sent at `sent_at`, default now) got back; a failure
+        is due again after its backoff, counted from now."""
         with self._lock:
             config = self.config
+            now = self._monotonic()
             self._outbox.record(
                 delivery_id,
-                now=self._monotonic(),
-                wall=self._wall(),
+                now=now,
+                sent_at=now if sent_at is None else sent_at,
+                sent_wall=self._wall() if sent_wall is None else sent_wall,
                 timestamp=timestamp,
                 status=status,
                 error=error,

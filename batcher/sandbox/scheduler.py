@@ -112,7 +112,8 @@ class Scheduler:
         status: int | None = None
         error: str | None = None
         async with self._limit:
-            timestamp = int(self._clock.wall())
+            sent_at, sent_wall = self._clock.monotonic(), self._clock.wall()
+            timestamp = int(sent_wall)
             headers = signed_headers(secret, timestamp, outgoing.body)
             try:
                 response = await self._client.post(
@@ -121,5 +122,12 @@ class Scheduler:
                 status = response.status_code
             except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
-        self._emulator.record_webhook(outgoing.delivery_id, timestamp, status, error)
+        self._emulator.record_webhook(
+            outgoing.delivery_id,
+            timestamp,
+            status,
+            error,
+            sent_at=sent_at,
+            sent_wall=sent_wall,
+        )
         self.wake()  # a failure is due again later: the next tick must know

@@ -246,17 +246,19 @@ class WebhookOutbox:
         delivery_id: str,
         *,
         now: float,
-        wall: float,
+        sent_at: float,
+        sent_wall: float,
         timestamp: int,
         status: int | None,
         error: str | None,
         backoff: float,
         attempts: int,
     ) -> None:
-        """What an attempt got back; a failure is retried after backoff * 2**(n-1)."""
+        """What an attempt sent at `sent_at` got back by `now`; a failure is
+        retried `backoff * 2**(n-1)` seconds after its answer (or its failure)."""
         delivery = self._by_id[delivery_id]
         delivery.attempts.append(
-            WebhookAttempt(_iso(wall), now - delivery.queued_at, timestamp, status, error)
+            WebhookAttempt(_iso(sent_wall), sent_at - delivery.queued_at, timestamp, status, error)
         )
         if status is not None and 200 <= status < 300:
             delivery.state = DELIVERED
