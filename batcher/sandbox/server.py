@@ -154,7 +154,8 @@ def running_sandbox(
     asked to stop, finishes the requests in progress and closes every
     connection, and the thread is joined. `clock` (a `ManualClock` in tests)
     replaces the system clock: renders, URL expiry and webhook retries then
-    move only when it does.
+    move only when it does (and webhook timestamps are its wall time, so a
+    receiver checking freshness against the real time will refuse them).
     """
     config = config or SandboxConfig()
     emulator = _emulator(config, clock)
