@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from batcher.errors import ConfigError
-from batcher.sandbox import HONEST, SANDBOX_KEY, SandboxConfig, serve
+from batcher.sandbox import (
+    BAD_DOWNLOADS,
+    CREATE_GARBLES,
+    HONEST,
+    IMAGE_FORMATS,
+    SANDBOX_KEY,
+    SandboxConfig,
+    serve,
+)
 from batcher.sandbox.config import DEFAULT_CREDITS, DEFAULT_TIER, parse_retry_after
 from batcher.sandbox.emulator import Emulator
 from batcher.terminal import console as output
@@ -128,19 +136,139 @@ def _retry_after(ctx: click.Context, param: click.Parameter, value: str | None) 
     default=0.0,
     help="Share of creates that charge and create, then close the connection unanswered.",
 )
+@click.option(
+    "--poll-404-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of GETs of a known project answered 404 (paid for, not refunded).",
+)
+@click.option(
+    "--surcharge-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of completed renders whose credits_charged rises 10x on a later GET; "
+    "the account is charged the difference.",
+)
+@click.option(
+    "--stuck-rate", type=_RATE, default=0.0, help="Share of renders that stay rendering forever."
+)
+@click.option(
+    "--cancel-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of renders that end canceled (not refunded).",
+)
+@click.option(
+    "--bad-downloads",
+    type=click.Choice(BAD_DOWNLOADS),
+    metavar="MODE",
+    help="Complete projects with unusable images: empty (downloads: []), short (fewer URLs "
+    "than image_count), html (an HTML page, 200), empty-body (200, no bytes), huge "
+    "(a body far larger than an image).",
+)
+@click.option(
+    "--bad-download-rate",
+    type=_RATE,
+    default=_DEFAULTS.bad_download_rate,
+    show_default=True,
+    help="Share of GETs of complete projects (and webhook payloads) given --bad-downloads.",
+)
+@click.option(
+    "--huge-download-bytes",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.huge_download_bytes,
+    show_default=True,
+    help="Size of a --bad-downloads huge body (streamed, chunked, no Content-Length).",
+)
+@click.option(
+    "--create-garble",
+    type=click.Choice(CREATE_GARBLES),
+    metavar="MODE",
+    help="Creates that charge and create, then answer unusably: non-json, no-id, "
+    "no-credits, string-credits, float-credits (5.5), bool-credits, negative-credits, "
+    "huge-credits (10**18), status-204, status-302, slow-drip (1 byte every "
+    "--drip-seconds), endless (a body without end).",
+)
+@click.option(
+    "--create-garble-rate",
+    type=_RATE,
+    default=_DEFAULTS.create_garble_rate,
+    show_default=True,
+    help="Share of accepted creates given --create-garble.",
+)
+@click.option(
+    "--drip-seconds",
+    type=_SECONDS,
+    default=_DEFAULTS.drip_seconds,
+    show_default=True,
+    help="Seconds between bytes of a slow-drip answer.",
+)
+@click.option(
+    "--image-format",
+    type=click.Choice(IMAGE_FORMATS),
+    default=_DEFAULTS.image_format,
+    show_default=True,
+    help="The bytes of downloads (mixed rotates); the URL always ends in .png.",
+)
+@click.option(
+    "--webhook-url",
+    metavar="URL",
+    help="Send signed image.completed / image.errored events here when each render ends.",
+)
+@click.option(
+    "--webhook-secret",
+    metavar="SECRET",
+    envvar="MAGIC_HOUR_WEBHOOK_SECRET",
+    help="Key of the events' HMAC-SHA256 signatures; required with --webhook-url "
+    "[env: MAGIC_HOUR_WEBHOOK_SECRET].",
+)
+@click.option("--webhook-drop-rate", type=_RATE, default=0.0, help="Share of events never sent.")
+@click.option(
+    "--webhook-duplicate-rate", type=_RATE, default=0.0, help="Share of events sent twice."
+)
+@click.option(
+    "--webhook-foreign-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of renders that also bring an event for another account's project.",
+)
+@click.option(
+    "--webhook-backoff",
+    type=_SECONDS,
+    default=_DEFAULTS.webhook_backoff,
+    show_default=True,
+    help="First retry of a failed delivery after this many seconds, then doubling.",
+)
+@click.option(
+    "--webhook-attempts",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.webhook_attempts,
+    show_default=True,
+    help="Attempts per delivery in all (17 at 1 s doubling span about 18 hours).",
+)
 @click.option("--seed", type=int, help="Make faults, render times and render errors reproducible.")
 def sandbox(**options: Any) -> None:
     """Serve a local emulator of the Magic Hour API.
 
     It validates, charges and renders like the real API (renders are fake
-    PNGs showing their prompt) and can inject faults. The first line on
+    images showing their prompt) and can inject faults. The first line on
     stdout is the base URL; point clients at it with MAGIC_HOUR_BASE_URL and
     the key (default "sandbox-key") in MAGIC_HOUR_API_KEY. Stop with Ctrl-C.
 
+    With --webhook-url it POSTs {"type", "payload"} (payload: the project's
+    GET shape) when each render ends, signed in magic-hour-event-timestamp and
+    magic-hour-event-signature (hex HMAC-SHA256 of "{timestamp}.{body}"), and
+    retries a non-2xx answer or a failed connection after 1, 2, 4, 8 s...
+    (--webhook-backoff). Canceled renders send image.errored; stuck ones none.
+
+    Every fault and rate below can also be changed while it runs, by its
+    setting name (the flag with underscores) through /_sandbox/faults.
+
     \b
     Inspection (no key needed):
-      GET  /_sandbox/journal           every accepted create
-      GET  /_sandbox/stats             request counters, credits
+      GET  /_sandbox/journal           every accepted create, its charge and faults
+      GET  /_sandbox/stats             request counters, 429s by kind, credits
+      GET  /_sandbox/webhooks          every webhook delivery and its attempts
       GET|POST /_sandbox/faults        read or change fault settings (JSON)
       POST /_sandbox/faults/reset      back to the starting settings
       POST /_sandbox/expire-downloads  expire every download URL issued so far

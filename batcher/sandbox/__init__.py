@@ -11,23 +11,45 @@
         ...
         assert sandbox.journal()[0].credits_charged == 5
 
-Layout: config.py (settings), emulator.py (all state and rules, no I/O),
-images.py (the PNGs), app.py (raw ASGI), server.py (uvicorn, threads).
+Layout: config.py (settings), clock.py (real and manual time), emulator.py
+(all state and rules, no I/O), replies.py (answers as values), faults.py
+(the hostile answers), webhooks.py (events, signatures, the delivery books),
+images.py (the images), app.py (raw ASGI), scheduler.py (render ends and
+webhook sending, in the server's loop), server.py (uvicorn, threads).
 """
 
-from batcher.sandbox.config import HONEST, RUNTIME_FIELDS, SANDBOX_KEY, SandboxConfig
+from batcher.sandbox.clock import Clock, ManualClock, SystemClock
+from batcher.sandbox.config import (
+    BAD_DOWNLOADS,
+    CREATE_GARBLES,
+    HONEST,
+    IMAGE_FORMATS,
+    RUNTIME_FIELDS,
+    SANDBOX_KEY,
+    SandboxConfig,
+)
 from batcher.sandbox.emulator import Emulator, JournalEntry, SandboxStats
 from batcher.sandbox.server import SandboxHandle, running_sandbox, serve
+from batcher.sandbox.webhooks import WebhookAttempt, WebhookDelivery, sign
 
 __all__ = [
+    "BAD_DOWNLOADS",
+    "CREATE_GARBLES",
     "HONEST",
+    "IMAGE_FORMATS",
     "RUNTIME_FIELDS",
     "SANDBOX_KEY",
+    "Clock",
     "Emulator",
     "JournalEntry",
+    "ManualClock",
     "SandboxConfig",
     "SandboxHandle",
     "SandboxStats",
+    "SystemClock",
+    "WebhookAttempt",
+    "WebhookDelivery",
     "running_sandbox",
     "serve",
+    "sign",
 ]

@@ -15,10 +15,14 @@ Routes (everything else is a 404, a known path with another method a 405):
     GET    /_sandbox/files/{id}/{n}.png    a signed download URL, no bearer needed
     GET    /_sandbox/journal               every accepted create
     GET    /_sandbox/stats                 request counters and credits
+    GET    /_sandbox/webhooks              every webhook delivery and its attempts
     GET    /_sandbox/faults                the runtime settings
     POST   /_sandbox/faults                change some of them (JSON object)
     POST   /_sandbox/faults/reset          back to the starting settings
     POST   /_sandbox/expire-downloads      expire every URL issued so far
+
+The ASGI lifespan starts and stops the scheduler (scheduler.py) that ends
+renders on time and sends the webhooks.
 
 `/v1/` requests get the latency, then the rate limit and the bearer check;
 `/_sandbox/` ones none of that. Counters cover /v1/ and file downloads, not
@@ -27,11 +31,18 @@ the inspection endpoints, so reading the stats does not change them.
 Inspection JSON:
 
     journal  {"entries": [{"id", "time", "name", "body", "model", "image_count",
-                           "credits_charged", "credits_refunded", "status",
-                           "enabled", "dropped"}], "credits": balance}
+                           "credits_charged", "credits_refunded", "credits_surcharged",
+                           "credits_net", "status", "outcome", "enabled", "dropped",
+                           "garbled"}], "credits": balance}
     stats    {"requests": {"POST /v1/ai-image-generator": {"200": n, "dropped": n}, ...},
               "creates", "dropped", "in_flight", "credits", "credits_charged",
-              "credits_refunded"}
+              "credits_refunded", "credits_surcharged", "rate_limit_429s",
+              "render_cap_429s", "garbled", "poll_404s", "bad_download_gets",
+              "webhooks": {"events", "deliveries", "pending", "sending",
+                           "delivered", "failed", "dropped", "attempts"}}
+    webhooks {"url", "deliveries": [{"id", "event_id", "type", "project_id",
+              "foreign", "copy", "state", "queued_at", "payload",
+              "attempts": [{"at", "after", "timestamp", "status", "error"}]}]}
     faults   {field: value} for every SandboxConfig field in RUNTIME_FIELDS;
              a POST answers the same after the change, or 400 naming the field
 """
@@ -45,7 +56,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from batcher.sandbox.emulator import FILES_PREFIX, Emulator, ImageJob, Reply, message_reply
-from batcher.sandbox.images import ImageRenderer
+from batcher.sandbox.faults import HTML_PAGE
+from batcher.sandbox.images import CONTENT_TYPES, ImageRenderer
+from batcher.sandbox.replies import HTML_TYPE, JSON_TYPE, Drip, Endless
+from batcher.sandbox.scheduler import Scheduler
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,9 +73,10 @@ PROJECTS_PREFIX: Final = "/v1/image-projects/"
 ACCOUNT_PATH: Final = "/v1/account"
 DROPPED: Final = "dropped"  # the counter "status" of a create whose connection was closed
 
-_JSON: Final = (b"content-type", b"application/json")
-_PNG: Final = (b"content-type", b"image/png")
+_JSON: Final = (b"content-type", JSON_TYPE)
 _CACHE_FILE: Final = (b"cache-control", b"private, max-age=86400")
+_NO_BODY: Final = frozenset((204, 304))  # statuses that carry no body and no framing
+STREAM_CHUNK: Final = 256 * 1024  # bytes per send of an endless or huge body
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +92,20 @@ class _Route:
 class SandboxApp:
     """ASGI 3 application serving one `Emulator`."""
 
-    def __init__(self, emulator: Emulator, renderer: ImageRenderer | None = None) -> None:
+    def __init__(
+        self,
+        emulator: Emulator,
+        renderer: ImageRenderer | None = None,
+        *,
+        base_url: str | None = None,
+    ) -> None:
         self.emulator = emulator
         self.renderer = renderer or ImageRenderer()
+        self.scheduler = Scheduler(emulator)
+        if base_url is not None:  # where webhook payloads' download URLs point
+            emulator.set_event_host(base_url.split("://", 1)[-1])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing: asyncio.Event | None = None  # set on stop: endless streams end
         self._exact: dict[str, _Route] = {}
         self._prefixed: list[tuple[str, _Route]] = []
         self._add(CREATE_PATH, {"POST": self._create}, api=True)
@@ -93,6 +119,7 @@ class SandboxApp:
         self._add(FILES_PREFIX + "{id}/{n}.png", {"GET": self._file}, prefix=FILES_PREFIX)
         self._add("/_sandbox/journal", {"GET": self._journal}, counted=False)
         self._add("/_sandbox/stats", {"GET": self._stats}, counted=False)
+        self._add("/_sandbox/webhooks", {"GET": self._webhooks}, counted=False)
         self._add(
             "/_sandbox/faults", {"GET": self._faults, "POST": self._set_faults}, counted=False
         )
@@ -121,8 +148,30 @@ class SandboxApp:
         else:
             self._prefixed.append((prefix, route))
 
+    def stop(self) -> None:
+        """Ask never-ending answers to end: the server is about to stop. Any thread."""
+        loop, closing = self._loop, self._closing
+        if loop is not None and closing is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(closing.set)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._loop = asyncio.get_running_loop()
+                self._closing = asyncio.Event()
+                await self.scheduler.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.scheduler.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan is off and websockets are not served
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # websockets are not served
             return
         method: str = scope["method"]
         path: str = scope["path"]
@@ -156,11 +205,14 @@ class SandboxApp:
                 return
         answer = await handler(scope, receive, parameter)
         if isinstance(answer, ImageJob):
-            await self._send_png(send, answer)
+            await self._send_image(receive, send, answer)
             status: int | str = 200
         elif answer.drop:
             await _drop(receive, send)
             status = DROPPED
+        elif answer.stream is not None:
+            await self._send_stream(receive, send, answer)
+            status = answer.status
         else:
             await _send_reply(send, answer)
             status = answer.status
@@ -190,11 +242,78 @@ class SandboxApp:
     async def _file(self, scope: Scope, receive: Receive, parameter: str) -> Reply | ImageJob:
         return self.emulator.download(parameter, scope.get("query_string", b""))
 
-    async def _send_png(self, send: Send, job: ImageJob) -> None:
-        data = self.renderer.png(job)
-        headers = [_PNG, (b"content-length", b"%d" % len(data)), _CACHE_FILE]
+    async def _send_image(self, receive: Receive, send: Send, job: ImageJob) -> None:
+        if job.bad == "html":
+            await _send_reply(send, Reply(200, HTML_PAGE, content_type=HTML_TYPE))
+            return
+        content_type = CONTENT_TYPES[job.image_format].encode("ascii")
+        if job.bad == "empty-body":
+            await _send_reply(send, Reply(200, b"", content_type=content_type))
+            return
+        data = self.renderer.image(job)
+        if job.bad == "huge":
+            await self._send_huge(receive, send, data, content_type, job.huge_bytes)
+            return
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", b"%d" % len(data)),
+            _CACHE_FILE,
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+    async def _send_huge(
+        self, receive: Receive, send: Send, start: bytes, content_type: bytes, total: int
+    ) -> None:
+        """A real image, then zeros up to `total` bytes, chunked (no length to
+        refuse it by): a client must count. One chunk is ever held in memory."""
+        headers = [(b"content-type", content_type), _CACHE_FILE]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        watch = _Watch(receive, self._closing)
+        try:
+            await send({"type": "http.response.body", "body": start, "more_body": True})
+            left = max(0, total - len(start))
+            zeros = bytes(STREAM_CHUNK)
+            while left > 0:
+                if watch.ended():
+                    await watch.finish(send)
+                    return
+                piece = zeros if left >= STREAM_CHUNK else zeros[:left]
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                left -= len(piece)
+                await asyncio.sleep(0)  # let the loop see a disconnect and serve others
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watch.cancel()
+
+    async def _send_stream(self, receive: Receive, send: Send, reply: Reply) -> None:
+        """A body sent over time: one byte every `Drip.interval` s, or without end."""
+        stream = reply.stream
+        body = reply.body
+        headers = [(b"content-type", reply.content_type), *reply.headers]
+        if isinstance(stream, Drip):
+            headers.append((b"content-length", b"%d" % len(body)))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        watch = _Watch(receive, self._closing)
+        try:
+            if isinstance(stream, Drip):
+                for index in range(len(body)):
+                    last = index == len(body) - 1
+                    piece = body[index : index + 1]
+                    await send({"type": "http.response.body", "body": piece, "more_body": not last})
+                    if not last and await watch.wait(stream.interval):
+                        await watch.finish(send)
+                        return
+                return
+            assert isinstance(stream, Endless)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            filler = stream.filler * (STREAM_CHUNK // len(stream.filler))
+            while not watch.ended():
+                await send({"type": "http.response.body", "body": filler, "more_body": True})
+                await asyncio.sleep(0)
+            await watch.finish(send)
+        finally:
+            watch.cancel()
 
     # --- /_sandbox/ inspection ---------------------------------------------------------
 
@@ -204,6 +323,10 @@ class SandboxApp:
 
     async def _stats(self, scope: Scope, receive: Receive, parameter: str) -> Reply:
         return _json(200, self.emulator.stats().as_dict())
+
+    async def _webhooks(self, scope: Scope, receive: Receive, parameter: str) -> Reply:
+        deliveries = [delivery.as_dict() for delivery in self.emulator.webhooks()]
+        return _json(200, {"url": self.emulator.config.webhook_url, "deliveries": deliveries})
 
     async def _faults(self, scope: Scope, receive: Receive, parameter: str) -> Reply:
         return _json(200, self.emulator.faults())
@@ -238,12 +361,61 @@ def _json(status: int, document: Any) -> Reply:
 
 async def _send_reply(send: Send, reply: Reply) -> None:
     body = reply.body
-    if body:
-        headers = [_JSON, (b"content-length", b"%d" % len(body)), *reply.headers]
-    else:  # a 204: no Content-Length allowed (RFC 9110 §8.6), uvicorn sends no body framing
+    if reply.status in _NO_BODY:
+        # No Content-Length allowed (RFC 9110 §8.6); uvicorn sends no body framing.
         headers = list(reply.headers)
+    elif body or reply.content_type != JSON_TYPE:
+        content_type = (
+            _JSON if reply.content_type is JSON_TYPE else (b"content-type", reply.content_type)
+        )
+        headers = [content_type, (b"content-length", b"%d" % len(body)), *reply.headers]
+    else:
+        headers = [(b"content-length", b"0"), *reply.headers]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class _Watch:
+    """While a long answer is sent: has the client gone, or is the server stopping?
+
+    After the request body is read, the next `receive` returns only at
+    `http.disconnect` (ASGI), so one task waiting on it tells us.
+    """
+
+    def __init__(self, receive: Receive, closing: asyncio.Event | None) -> None:
+        self._gone = asyncio.ensure_future(_until_disconnect(receive))
+        self._closing = closing
+
+    def ended(self) -> bool:
+        return self._gone.done() or (self._closing is not None and self._closing.is_set())
+
+    async def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True as soon as the answer should stop."""
+        waiters: set[asyncio.Future[Any]] = {self._gone}
+        closing = None
+        if self._closing is not None:
+            closing = asyncio.ensure_future(self._closing.wait())
+            waiters.add(closing)
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if closing is not None:
+                closing.cancel()
+        return self.ended()
+
+    async def finish(self, send: Send) -> None:
+        """End an unfinished answer: nothing to do when the client left, else cut it off."""
+        if not self._gone.done():
+            _abort(send)
+            await self._gone
+
+    def cancel(self) -> None:
+        self._gone.cancel()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -285,10 +457,14 @@ async def _drop(receive: Receive, send: Send) -> None:
     delivered by its `connection_lost`): returning earlier would make it think
     the app forgot to answer, log an error and try to write a 500.
     """
+    _abort(send)
+    await _until_disconnect(receive)
+
+
+def _abort(send: Send) -> None:
+    """Close the connection at once (see `_drop`)."""
     cycle = getattr(send, "__self__", None)
     abort = getattr(getattr(cycle, "transport", None), "abort", None)
     if not callable(abort):
         raise RuntimeError("drop_rate needs uvicorn's httptools or h11 protocol")
     abort()
-    while (await receive())["type"] != "http.disconnect":
-        pass

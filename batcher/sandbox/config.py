@@ -4,7 +4,7 @@ Every knob of the emulator lives here, so the command line, the pytest
 fixtures, `POST /_sandbox/faults` and `batcher run --sandbox` all speak the
 same field names. `RUNTIME_FIELDS` are the ones a running sandbox lets a test
 change; the others (where it listens, its key, its catalog, the starting
-balance, the seed) are fixed at start.
+balance, the seed, the webhook secret) are fixed at start.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 SANDBOX_KEY: Final = "sandbox-key"  # the fixed, public key of the emulator's one account
 HONEST: Final = "honest"  # retry_after: say when a token or a render slot really frees
@@ -21,6 +22,25 @@ RetryAfter = float | Literal["honest"] | None
 
 DEFAULT_CREDITS: Final = 1_000_000
 DEFAULT_TIER: Final = "creator"
+
+# Modes of the hostile faults (issue 10). Each is a value of one setting.
+BAD_DOWNLOADS: Final = ("empty", "short", "html", "empty-body", "huge")
+CREATE_GARBLES: Final = (
+    "non-json",
+    "no-id",
+    "no-credits",
+    "string-credits",
+    "float-credits",
+    "bool-credits",
+    "negative-credits",
+    "huge-credits",
+    "status-204",
+    "status-302",
+    "slow-drip",
+    "endless",
+)
+IMAGE_FORMATS: Final = ("png", "jpeg", "webp", "mixed")
+HUGE_DOWNLOAD_BYTES: Final = 2 * 1024**3  # far beyond any image; streamed, never held
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +71,26 @@ class SandboxConfig:
     error_rate: float = 0.0  # creates answered 500/502/503, nothing created or charged
     poll_error_rate: float = 0.0  # project GETs answered 500/502/503
     drop_rate: float = 0.0  # creates that charge, create, then close the connection unanswered
+    # Hostile answers (issue 10): each is paid for, and the journal says so.
+    poll_404_rate: float = 0.0  # GETs of a known project answered 404
+    surcharge_rate: float = 0.0  # completed renders whose credits_charged rises (x10), charged
+    stuck_rate: float = 0.0  # renders that stay `rendering` forever
+    cancel_rate: float = 0.0  # renders that end `canceled`, not refunded
+    bad_downloads: str | None = None  # one of BAD_DOWNLOADS: what a bad GET/download gives
+    bad_download_rate: float = 1.0  # share of complete GETs that get it, when a mode is set
+    huge_download_bytes: int = HUGE_DOWNLOAD_BYTES  # the size of a `huge` download
+    create_garble: str | None = None  # one of CREATE_GARBLES: a create answer charged, unusable
+    create_garble_rate: float = 1.0  # share of accepted creates garbled, when a mode is set
+    drip_seconds: float = 5.0  # `slow-drip`: one byte of the answer this often
+    image_format: str = "png"  # one of IMAGE_FORMATS: the bytes of a download
+    # Webhooks (DESIGN.md, "Webhooks instead of polls"): off without a URL.
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # fixed at start, never shown
+    webhook_drop_rate: float = 0.0  # events never sent
+    webhook_duplicate_rate: float = 0.0  # events delivered twice
+    webhook_foreign_rate: float = 0.0  # renders that also bring an event for another account
+    webhook_backoff: float = 1.0  # first retry after this, then doubling: 1, 2, 4, 8 s...
+    webhook_attempts: int = 17  # attempts in all (17 at 1 s doubling span about 18 h)
     seed: int | None = None  # makes faults, jitter and render errors reproducible
 
     def __post_init__(self) -> None:
@@ -90,13 +130,61 @@ RUNTIME_FIELDS: Final = (
     "error_rate",
     "poll_error_rate",
     "drop_rate",
+    "poll_404_rate",
+    "surcharge_rate",
+    "stuck_rate",
+    "cancel_rate",
+    "bad_downloads",
+    "bad_download_rate",
+    "huge_download_bytes",
+    "create_garble",
+    "create_garble_rate",
+    "drip_seconds",
+    "image_format",
+    "webhook_url",
+    "webhook_drop_rate",
+    "webhook_duplicate_rate",
+    "webhook_foreign_rate",
+    "webhook_backoff",
+    "webhook_attempts",
 )
 _ALL_FIELDS: Final = frozenset(f.name for f in fields(SandboxConfig))
-_RATES: Final = ("render_error_rate", "error_rate", "poll_error_rate", "drop_rate", "render_jitter")
+_RATES: Final = (
+    "render_error_rate",
+    "error_rate",
+    "poll_error_rate",
+    "drop_rate",
+    "render_jitter",
+    "poll_404_rate",
+    "surcharge_rate",
+    "stuck_rate",
+    "cancel_rate",
+    "bad_download_rate",
+    "create_garble_rate",
+    "webhook_drop_rate",
+    "webhook_duplicate_rate",
+    "webhook_foreign_rate",
+)
 _POSITIVE: Final = ("charge_factor", "rate_limit")  # 0 would make no sense: free, or never
 _NUMBERS: Final = frozenset(
-    ("charge_factor", "render_seconds", "download_ttl", "latency", "rate_limit", *_RATES)
+    (
+        "charge_factor",
+        "render_seconds",
+        "download_ttl",
+        "latency",
+        "rate_limit",
+        "drip_seconds",
+        "webhook_backoff",
+        *_RATES,
+    )
 )
+_WHOLE: Final = ("port", "credits", "max_in_flight", "huge_download_bytes", "webhook_attempts")
+_CHOICES: Final = {
+    "bad_downloads": BAD_DOWNLOADS,
+    "create_garble": CREATE_GARBLES,
+    "image_format": IMAGE_FORMATS,
+}
+_OPTIONAL_CHOICES: Final = ("bad_downloads", "create_garble")  # None: the fault is off
 
 
 def parse_retry_after(value: str | float | bool | None) -> RetryAfter:
@@ -135,7 +223,7 @@ def config_problems(config: SandboxConfig) -> list[str]:
             problems.append(f"{name}: must be greater than 0")
         elif value < 0:
             problems.append(f"{name}: must be 0 or more")
-    for name in ("port", "credits", "max_in_flight"):
+    for name in _WHOLE:
         whole: object = getattr(config, name)
         if whole is None and name == "max_in_flight":
             continue
@@ -143,6 +231,15 @@ def config_problems(config: SandboxConfig) -> list[str]:
             problems.append(f"{name}: must be a whole number >= 0")
         elif name == "port" and whole > 65_535:
             problems.append("port: must be at most 65535")
+        elif name == "webhook_attempts" and whole < 1:
+            problems.append("webhook_attempts: must be at least 1")
+    for name, choices in _CHOICES.items():
+        choice: object = getattr(config, name)
+        if choice is None and name in _OPTIONAL_CHOICES:
+            continue
+        if choice not in choices:
+            problems.append(f"{name}: must be one of {', '.join(choices)}")
+    problems.extend(_webhook_problems(config))
     retry_after: object = config.retry_after
     if (
         retry_after is not None
@@ -164,6 +261,24 @@ def config_problems(config: SandboxConfig) -> list[str]:
     return problems
 
 
+def _webhook_problems(config: SandboxConfig) -> list[str]:
+    url: object = config.webhook_url
+    secret: object = config.webhook_secret
+    problems: list[str] = []
+    if secret is not None and (not isinstance(secret, str) or not secret):
+        problems.append("webhook_secret: must be a non-empty string")
+    if url is None:
+        return problems
+    if not isinstance(url, str):
+        return [*problems, "webhook_url: must be a string"]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"webhook_url: {url!r} is not an http:// or https:// URL")
+    if secret is None:
+        problems.append("webhook_secret: required with webhook_url (events are signed)")
+    return problems
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -176,6 +291,10 @@ def _coerce(name: str, value: Any) -> Any:
         raise ValueError(f"retry_after: must be {HONEST!r}, a number of seconds, or null")
     if name in _NUMBERS and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if name == "max_in_flight" and isinstance(value, float) and value.is_integer():
+    if name in _WHOLE and isinstance(value, float) and value.is_integer():
         return int(value)
+    if name in _OPTIONAL_CHOICES and isinstance(value, str) and value.lower() in ("", "off"):
+        return None
+    if name == "webhook_url" and value == "":
+        return None
     return value

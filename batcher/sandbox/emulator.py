@@ -4,13 +4,18 @@ turns HTTP into calls of `Emulator` and its `Reply` values back into HTTP, so
 every rule can be tested directly with a fake clock.
 
 Time is lazy. A project stores when it leaves the queue and when it finishes;
-its status is computed from the clock whenever someone asks. The only thing
-that must happen *at* a finish time is the refund of a failed render (the
-balance changes), so unfinished renders sit in a heap ordered by finish time
-and every operation first settles the ones whose time has passed: O(log n)
-per render over its life, nothing per request while nothing finishes. The
-same heap gives the number of renders in flight and the time until the next
-one frees a slot.
+its status is computed from the clock whenever someone asks. What must happen
+*at* a finish time (the refund of a failed render, a surcharge, the webhook
+event) is done by settling: unfinished renders sit in a heap ordered by
+finish time and every operation first settles the ones whose time has passed:
+O(log n) per render over its life, nothing per request while nothing
+finishes. The same heap gives the number of renders in flight and the time
+until the next one frees a slot.
+
+With a webhook URL set, nobody may poll at all, so the server's scheduler
+(scheduler.py) calls `tick()` at each render's end time (`tick` says when
+to call it next) and sends what it returns. Settling early or late changes
+nothing a poll sees: a status is always computed from the clock.
 
 All public methods take one lock: the server's event-loop thread calls them
 per request, and a test thread may read the journal or change faults at the
@@ -28,18 +33,40 @@ import os
 import random
 import socket
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qs
 
 from batcher.jobfile.catalog import Catalog, load_catalog
 from batcher.jobfile.items import ItemSettings
-from batcher.sandbox.config import HONEST, SandboxConfig
+from batcher.sandbox import webhooks
+from batcher.sandbox.clock import Clock, SystemClock
+from batcher.sandbox.config import BAD_DOWNLOADS, HONEST, SandboxConfig
+from batcher.sandbox.faults import SURCHARGE_FACTOR, bad_download_count, garbled_create
+from batcher.sandbox.replies import (
+    Headers,
+    ImageJob,
+    Reply,
+    encode,
+    message_body,
+    message_reply,
+)
+from batcher.sandbox.webhooks import Outgoing, WebhookDelivery, WebhookOutbox
 
-Headers = tuple[tuple[bytes, bytes], ...]
+__all__ = [  # the names other modules and tests import from here
+    "FILES_PREFIX",
+    "Clock",
+    "Emulator",
+    "ImageJob",
+    "JournalEntry",
+    "Reply",
+    "SandboxStats",
+    "SystemClock",
+    "Tick",
+    "message_reply",
+]
 
 QUEUED_SHARE: Final = 0.25  # of a render's duration spent `queued` before `rendering`
 SERVER_ERRORS: Final = (500, 502, 503)
@@ -47,43 +74,17 @@ RENDER_ERROR: Final = {
     "code": "generation_failed",
     "message": "The image could not be generated. The credits were refunded.",
 }
-
-
-class Clock(Protocol):
-    """Where time comes from: monotonic for durations, wall for timestamps and URL expiry."""
-
-    def monotonic(self) -> float: ...
-
-    def wall(self) -> float: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-
-
-class Reply(NamedTuple):
-    """What to answer: a status and a JSON body, or `drop` the connection unanswered."""
-
-    status: int
-    body: bytes = b""
-    headers: Headers = ()
-    drop: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ImageJob:
-    """A download the emulator has authorised: what the image must show."""
-
-    project_id: str
-    index: int
-    image_count: int
-    prompt: str
-    aspect_ratio: str
-    model: str
+CANCELED_ERROR: Final = {"code": "canceled", "message": "The render was canceled."}
+# How a render ends. STUCK never does: it stays `rendering` for ever.
+COMPLETE: Final = "complete"
+ERROR: Final = "error"
+CANCELED: Final = "canceled"
+STUCK: Final = "stuck"
+DOWNLOAD_FORMATS: Final = ("png", "jpeg", "webp")  # `mixed` rotates through these
+LONGEST_RETRY_AFTER: Final = 3600.0  # an honest Retry-After when only stuck renders hold slots
+# What the paid tiers' subscriptions look like in GET /v1/account (prices in cents).
+PLAN_PRICES: Final = {"creator": 1_500, "pro": 4_900, "business": 24_900}
+BILLING_PERIOD_SECONDS: Final = 30 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +97,19 @@ class JournalEntry:
     body: Mapping[str, Any]  # the request body as sent
     model: str  # the model after defaults and deprecated quality_mode
     image_count: int
-    credits_charged: int  # at create time; the refund is separate
+    credits_charged: int  # at create time; the refund and any surcharge are separate
     credits_refunded: int
     status: str  # now
     enabled: bool
     dropped: bool  # the create's connection was closed without an answer
+    garbled: str | None = None  # the create_garble mode its answer was spoiled with
+    credits_surcharged: int = 0  # charged later, when the render completed
+    outcome: str = COMPLETE  # how the render ends: complete, error, canceled, or stuck
+
+    @property
+    def credits_net(self) -> int:
+        """What the project cost the account in the end."""
+        return self.credits_charged + self.credits_surcharged - self.credits_refunded
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +124,10 @@ class JournalEntry:
             "status": self.status,
             "enabled": self.enabled,
             "dropped": self.dropped,
+            "garbled": self.garbled,
+            "credits_surcharged": self.credits_surcharged,
+            "credits_net": self.credits_net,
+            "outcome": self.outcome,
         }
 
 
@@ -128,8 +141,15 @@ class SandboxStats:
     dropped: int
     in_flight: int  # renders queued or rendering now
     credits: int  # the account balance now
-    credits_charged: int
+    credits_charged: int  # every charge: creates and surcharges
     credits_refunded: int
+    rate_limit_429s: int = 0  # /v1/ requests refused by the rate limit (rate_limit)
+    render_cap_429s: int = 0  # creates refused for renders in flight (max_in_flight)
+    garbled: int = 0  # creates answered with a create_garble mode
+    credits_surcharged: int = 0  # the surcharges within credits_charged
+    poll_404s: int = 0  # GETs of a known project answered 404 (poll_404_rate)
+    bad_download_gets: int = 0  # GETs and webhook payloads given bad downloads
+    webhooks: Mapping[str, int] | None = None  # deliveries per state, events, attempts
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +160,13 @@ class SandboxStats:
             "credits": self.credits,
             "credits_charged": self.credits_charged,
             "credits_refunded": self.credits_refunded,
+            "rate_limit_429s": self.rate_limit_429s,
+            "render_cap_429s": self.render_cap_429s,
+            "garbled": self.garbled,
+            "credits_surcharged": self.credits_surcharged,
+            "poll_404s": self.poll_404s,
+            "bad_download_gets": self.bad_download_gets,
+            "webhooks": dict(self.webhooks or {}),
         }
 
     def count(self, route: str, status: int | str | None = None) -> int:
@@ -157,16 +184,20 @@ class _Project:
         "created_wall",
         "dropped",
         "enabled",
-        "fails",
+        "ending",
         "finish_at",
+        "garble",
         "id",
         "image_count",
         "model",
         "name",
+        "number",
         "prompt",
         "raw",
         "refund",
         "start_at",
+        "surcharge",
+        "surcharged",
     )
 
     def __init__(
@@ -178,7 +209,8 @@ class _Project:
         created_wall: float,
         start_at: float,
         finish_at: float,
-        fails: bool,
+        ending: str,
+        number: int,
     ) -> None:
         self.id = project_id
         # The request as sent, kept as bytes: parsed again only when the journal
@@ -194,15 +226,26 @@ class _Project:
         self.refund = 0
         self.created_wall = created_wall
         self.start_at = start_at
-        self.finish_at = finish_at
-        self.fails = fails
+        self.finish_at = finish_at  # infinite when STUCK
+        self.ending = ending
+        self.number = number  # its place in the journal: rotates `mixed` image formats
+        self.surcharge = 0  # charged when it completes
+        self.surcharged = 0  # the surcharge once charged
+        self.garble: str | None = None
         self.enabled = True
         self.dropped = False
 
     def status(self, now: float) -> str:
         if now >= self.finish_at:
-            return "error" if self.fails else "complete"
+            return self.ending
         return "rendering" if now >= self.start_at else "queued"
+
+
+class Tick(NamedTuple):
+    """What `Emulator.tick` found: webhook attempts to make now, and when to tick again."""
+
+    outgoing: list[Outgoing]
+    wake_at: float | None  # on the emulator's monotonic clock; None: nothing is due
 
 
 class _Request(NamedTuple):
@@ -244,9 +287,11 @@ class Emulator:
         self._rng_create = random.Random(None if seed is None else f"{seed}:create")
         self._rng_poll = random.Random(None if seed is None else f"{seed}:poll")
         self._rng_render = random.Random(None if seed is None else f"{seed}:render")
+        self._rng_webhook = random.Random(None if seed is None else f"{seed}:webhook")
         # Ids must differ between runs even with a seed (a ledger outlives a sandbox).
         self._ids = _IdMaker()
-        self.account_id = self._ids.next(self._wall())
+        self._started_wall = self._wall()
+        self.account_id = self._ids.next(self._started_wall)
 
         self._secret = os.urandom(32)  # signs download URLs; new per process like a rotated key
         self._url_generation = 0  # bumped by expire_downloads(): older URLs are expired
@@ -259,6 +304,20 @@ class Emulator:
         self._renders: list[tuple[float, int, _Project]] = []  # heap by finish time
         self._dropped = 0
         self._counters: dict[str, dict[str, int]] = {}
+        self._rate_limited = 0
+        self._render_capped = 0
+        self._garbled = 0
+        self._surcharged_total = 0
+        self._poll_404s = 0
+        self._bad_gets = 0
+
+        # Webhooks: renders that ended since the last tick, the deliveries, and
+        # the scheduler's alarm (when it will tick next; `on_wake` moves it sooner).
+        self._ended: list[_Project] = []
+        self._outbox = WebhookOutbox()
+        self._event_host = "127.0.0.1"
+        self._wake_at = math.inf
+        self.on_wake: Callable[[], None] | None = None
 
         self._rate: float | None = None
         self._burst = 1.0
@@ -276,6 +335,7 @@ class Emulator:
         """Copy hot settings into attributes: the request path reads them often."""
         self.config = config
         self.latency = config.latency
+        self._webhooks_on = config.webhook_url is not None
         self._auth = b"Bearer " + config.key.encode("utf-8")
         if new_limit or config.rate_limit != self._rate:
             # A changed limit starts with a full bucket; changing another fault
@@ -291,7 +351,9 @@ class Emulator:
             config = self.config.with_changes(changes)
             self._check_tier(config.tier)
             self._apply(config)
-            return config.runtime_settings()
+            settings = config.runtime_settings()
+        self._wake()  # a webhook URL may have been set: the scheduler must look again
+        return settings
 
     def reset_faults(self) -> dict[str, Any]:
         """Back to the settings the sandbox started with."""
@@ -300,6 +362,10 @@ class Emulator:
     def faults(self) -> dict[str, Any]:
         with self._lock:
             return self.config.runtime_settings()
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # --- gate: rate limit and auth, for every /v1/ request ---------------------
 
@@ -319,6 +385,7 @@ class Emulator:
                 self._tokens_at = now
                 if tokens < 1.0:
                     self._tokens = tokens
+                    self._rate_limited += 1
                     return Reply(429, _TOO_MANY, self._retry_after((1.0 - tokens) / rate))
                 self._tokens = tokens - 1.0
             if authorization is None or not _bearer_matches(authorization, self._auth):
@@ -330,7 +397,8 @@ class Emulator:
         if setting is None:
             return ()
         if setting == HONEST:
-            value = str(max(1, math.ceil(honest_seconds - 1e-9)))
+            seconds = min(honest_seconds, LONGEST_RETRY_AFTER)
+            value = str(max(1, math.ceil(seconds - 1e-9)))
         else:
             value = str(int(setting)) if float(setting).is_integer() else str(setting)
         return ((b"retry-after", value.encode("ascii")),)
@@ -342,8 +410,9 @@ class Emulator:
 
         Checks in order: JSON object (400), schema and catalog rules (422), tier
         (403), renders in flight (429), injected 5xx, balance (402); then the
-        charge, the project, and maybe a dropped connection. Parsing and
-        validation read only the immutable catalog, so they run unlocked.
+        charge, the project, and maybe a dropped connection or a garbled
+        answer. Parsing and validation read only the immutable catalog, so
+        they run unlocked.
         """
         try:
             body = json.loads(raw)
@@ -372,6 +441,7 @@ class Emulator:
             limit = config.max_in_flight
             if limit is not None and len(self._renders) >= limit:
                 wait = self._renders[0][0] - now if self._renders else 1.0
+                self._render_capped += 1
                 return Reply(
                     429,
                     _message_body(f"Too many requests: {limit} renders already in progress"),
@@ -392,6 +462,11 @@ class Emulator:
                 project.dropped = True
                 self._dropped += 1
                 return _DROP
+            garble = config.create_garble
+            if garble is not None and rng.random() < config.create_garble_rate:
+                project.garble = garble
+                self._garbled += 1
+                return garbled_create(garble, project.id, charge, config.drip_seconds)
         pid = project.id
         return Reply(
             200,
@@ -404,8 +479,17 @@ class Emulator:
         duration = config.render_seconds
         if config.render_jitter and duration:
             duration *= 1.0 + config.render_jitter * (2.0 * rng.random() - 1.0)
-        fails = bool(config.render_error_rate) and rng.random() < config.render_error_rate
+        # Each draw is made only when its fault is on, so turning a new fault
+        # off leaves the seeded sequence of the older ones as it was.
+        ending = COMPLETE
+        if config.render_error_rate and rng.random() < config.render_error_rate:
+            ending = ERROR
+        elif config.stuck_rate and rng.random() < config.stuck_rate:
+            ending = STUCK
+        elif config.cancel_rate and rng.random() < config.cancel_rate:
+            ending = CANCELED
         wall = self._wall()
+        finish_at = math.inf if ending == STUCK else now + duration
         project = _Project(
             self._ids.next(wall),
             raw,
@@ -413,25 +497,40 @@ class Emulator:
             charge,
             created_wall=wall,
             start_at=now + duration * QUEUED_SHARE,
-            finish_at=now + duration,
-            fails=fails,
+            finish_at=finish_at,
+            ending=ending,
+            number=len(self._journal),
         )
+        if ending == COMPLETE and config.surcharge_rate and rng.random() < config.surcharge_rate:
+            project.surcharge = charge * (SURCHARGE_FACTOR - 1)
         self._credits -= charge
         self._charged_total += charge
         self._projects[project.id] = project
         self._journal.append(project)
-        heapq.heappush(self._renders, (project.finish_at, len(self._journal), project))
+        heapq.heappush(self._renders, (finish_at, len(self._journal), project))
+        if self._webhooks_on and finish_at < self._wake_at:
+            self._wake_at = finish_at  # one wake-up per earlier alarm, not one per create
+            self._wake()
         return project
 
     def _settle(self, now: float) -> None:
-        """Finish every render whose time has come: a failed one is refunded now."""
+        """Finish every render whose time has come: a failed one is refunded now,
+        a surcharged one charged, and with webhooks on each one is queued for
+        its event."""
         renders = self._renders
         while renders and renders[0][0] <= now:
             project = heapq.heappop(renders)[2]
-            if project.fails:
+            if project.ending == ERROR:
                 project.refund = project.charge
                 self._credits += project.charge
                 self._refunded_total += project.charge
+            elif project.surcharge:
+                project.surcharged = project.surcharge
+                self._credits -= project.surcharge
+                self._charged_total += project.surcharge
+                self._surcharged_total += project.surcharge
+            if self._webhooks_on:
+                self._ended.append(project)
 
     def charge_for(self, model: str, resolution: str | None, image_count: int) -> int:
         """Credits a valid create costs: from-price x image_count x resolution factor x knob.
@@ -524,50 +623,87 @@ class Emulator:
     def project(self, project_id: str, host: str) -> Reply:
         """GET /v1/image-projects/{id}; download URLs point at `host` (this server)."""
         with self._lock:
-            rate = self.config.poll_error_rate
-            if rate and self._rng_poll.random() < rate:
-                return _SERVER_ERROR_REPLIES[self._rng_poll.choice(SERVER_ERRORS)]
+            config = self.config
+            rng = self._rng_poll
+            rate = config.poll_error_rate
+            if rate and rng.random() < rate:
+                return _SERVER_ERROR_REPLIES[rng.choice(SERVER_ERRORS)]
             project = self._projects.get(project_id)
             if project is None:
                 return _NOT_FOUND
+            if config.poll_404_rate and rng.random() < config.poll_404_rate:
+                self._poll_404s += 1
+                return _NOT_FOUND  # as an eventually consistent read, or a delete elsewhere
             now = self._monotonic()
             self._settle(now)
-            status = project.status(now)
-            downloads: list[dict[str, str]] = []
-            if status == "complete" and project.enabled:
-                downloads = self._issue_downloads(project, host)
-            credits = project.charge - project.refund
-            document = {
-                "id": project.id,
-                "name": project.name,
-                "status": status,
-                "image_count": project.image_count,
-                "type": "AI_IMAGE",
-                "created_at": _iso(project.created_wall),
-                "enabled": project.enabled,
-                "credits_charged": credits,
-                "total_frame_cost": credits,
-                "downloads": downloads,
-                "error": RENDER_ERROR if status == "error" else None,
-            }
-        return Reply(200, _encode(document))
+            document = self._document(project, now, host, rng)
+        return Reply(200, encode(document))
 
-    def _issue_downloads(self, project: _Project, host: str) -> list[dict[str, str]]:
-        expires = self._wall() + self.config.download_ttl
+    def _document(
+        self, project: _Project, now: float, host: str, rng: random.Random
+    ) -> dict[str, Any]:
+        """The GET /v1/image-projects/{id} shape, also a webhook event's payload."""
+        status = project.status(now)
+        downloads: list[dict[str, str]] = []
+        if status == COMPLETE and project.enabled:
+            downloads = self._issue_downloads(project, host, rng)
+        credits = project.charge + project.surcharged - project.refund
+        error = None
+        if status == ERROR:
+            error = RENDER_ERROR
+        elif status == CANCELED:
+            error = CANCELED_ERROR
+        return {
+            "id": project.id,
+            "name": project.name,
+            "status": status,
+            "image_count": project.image_count,
+            "type": "AI_IMAGE",
+            "created_at": _iso(project.created_wall),
+            "enabled": project.enabled,
+            "credits_charged": credits,
+            "total_frame_cost": credits,
+            "downloads": downloads,
+            "error": error,
+        }
+
+    def _issue_downloads(
+        self, project: _Project, host: str, rng: random.Random
+    ) -> list[dict[str, str]]:
+        config = self.config
+        count = project.image_count
+        bad = ""  # a mode that spoils the bodies, signed into the URL so it cannot be undone
+        mode = config.bad_downloads
+        if mode is not None and rng.random() < config.bad_download_rate:
+            self._bad_gets += 1
+            listed = bad_download_count(mode, count)
+            if listed is None:
+                bad = mode
+            else:
+                count = listed
+        expires = self._wall() + config.download_ttl
         expires_ms = int(expires * 1000)
         expires_at = _iso(expires)
         generation = self._url_generation
         base = f"http://{host}{FILES_PREFIX}{project.id}/"
+        spoiled = f"&b={bad}" if bad else ""
         downloads = []
-        for index in range(project.image_count):
-            signature = self._sign(project.id, index, expires_ms, generation)
-            url = f"{base}{index}.png?expires={expires_ms}&g={generation}&signature={signature}"
+        for index in range(count):
+            signature = self._sign(project.id, index, expires_ms, generation, bad)
+            url = (
+                f"{base}{index}.png?expires={expires_ms}&g={generation}{spoiled}"
+                f"&signature={signature}"
+            )
             downloads.append({"url": url, "expires_at": expires_at})
         return downloads
 
-    def _sign(self, project_id: str, index: int, expires_ms: int, generation: int) -> str:
-        message = f"{project_id}/{index}/{expires_ms}/{generation}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+    def _sign(
+        self, project_id: str, index: int, expires_ms: int, generation: int, bad: str = ""
+    ) -> str:
+        message = f"{project_id}/{index}/{expires_ms}/{generation}"
+        if bad:
+            message += "/" + bad
+        return hmac.new(self._secret, message.encode(), hashlib.sha256).hexdigest()[:32]
 
     def delete(self, project_id: str) -> Reply:
         """DELETE /v1/image-projects/{id}: the images go away; the charge stays."""
@@ -579,7 +715,7 @@ class Emulator:
             return _NO_CONTENT
 
     def account(self) -> Reply:
-        """GET /v1/account."""
+        """GET /v1/account, in the shape the official SDK's model requires."""
         with self._lock:
             self._settle(self._monotonic())
             tier = self.config.tier
@@ -589,15 +725,29 @@ class Emulator:
                 "email": "sandbox@example.com",
                 "credits": self._credits,
                 "tier": tier,
-                "subscription": {"plan": tier, "status": "active"} if paid else None,
+                "subscription": self._subscription(tier) if paid else None,
             }
-        return Reply(200, _encode(document))
+        return Reply(200, encode(document))
+
+    def _subscription(self, tier: str) -> dict[str, Any]:
+        """A monthly plan named after the tier, renewing 30 days after the sandbox started."""
+        return {
+            "billing_interval": "month",
+            "cancel_at_period_end": False,
+            "current_period_end": _iso(self._started_wall + BILLING_PERIOD_SECONDS),
+            "discount": None,
+            "name": tier.capitalize(),
+            "price": {"amount": PLAN_PRICES.get(tier, PLAN_PRICES["creator"]), "currency": "usd"},
+            "status": "active",
+        }
 
     def download(self, path_rest: str, query: bytes) -> Reply | ImageJob:
-        """GET /_sandbox/files/{id}/{index}.png?expires&g&signature: no bearer, a signed URL.
+        """GET /_sandbox/files/{id}/{index}.png?expires&g[&b]&signature: no bearer, a signed URL.
 
         Like a signed S3 or CloudFront URL: a bad signature or an expired URL is
-        a 403; a URL of a deleted project is a 404.
+        a 403; a URL of a deleted project is a 404. The suffix is always .png;
+        the bytes are in `image_format` (a client must read the format from
+        the bytes), or spoiled when a bad GET issued the URL (`b`).
         """
         project_id, _, file_name = path_rest.partition("/")
         index_text, dot, extension = file_name.partition(".")
@@ -611,8 +761,11 @@ class Emulator:
             signature = params["signature"][0]
         except (KeyError, ValueError):
             return _message(403, "Missing or malformed signature")
+        bad = params.get("b", [""])[0]
+        if bad and bad not in BAD_DOWNLOADS:
+            return _message(403, "Signature does not match")
         with self._lock:
-            expected = self._sign(project_id, index, expires_ms, generation)
+            expected = self._sign(project_id, index, expires_ms, generation, bad)
             if not hmac.compare_digest(expected, signature):
                 return _message(403, "Signature does not match")
             if generation < self._url_generation or self._wall() * 1000 >= expires_ms:
@@ -620,6 +773,10 @@ class Emulator:
             project = self._projects.get(project_id)
             if project is None or not project.enabled or index >= project.image_count:
                 return _NOT_FOUND
+            config = self.config
+            image_format = config.image_format
+            if image_format not in DOWNLOAD_FORMATS:  # mixed
+                image_format = DOWNLOAD_FORMATS[(project.number + index) % len(DOWNLOAD_FORMATS)]
             return ImageJob(
                 project.id,
                 index,
@@ -627,7 +784,115 @@ class Emulator:
                 project.prompt,
                 project.aspect_ratio,
                 project.model,
+                image_format=image_format,
+                bad=bad or None,
+                huge_bytes=config.huge_download_bytes,
             )
+
+    # --- webhooks -------------------------------------------------------------------
+
+    def set_event_host(self, host: str) -> None:
+        """Where the download URLs in webhook payloads point (host:port of this server)."""
+        with self._lock:
+            self._event_host = host
+
+    def tick(self) -> Tick:
+        """Settle what has ended, turn it into events, and hand out the attempts due now.
+
+        The scheduler calls this at `wake_at` (or sooner when woken): the next
+        render end while webhooks are on, or the next retry.
+        """
+        with self._lock:
+            now = self._monotonic()
+            self._settle(now)
+            if self._ended:
+                self._publish(now)
+            url = self.config.webhook_url
+            outgoing: list[Outgoing] = []
+            wake_at: float | None = None
+            if url is not None:
+                outgoing = [
+                    Outgoing(delivery.id, url, delivery.body)
+                    for delivery in self._outbox.take_due(now)
+                ]
+                wake_at = self._outbox.next_due()
+                renders = self._renders
+                if renders and math.isfinite(renders[0][0]):
+                    wake_at = renders[0][0] if wake_at is None else min(wake_at, renders[0][0])
+            self._wake_at = math.inf if wake_at is None else wake_at
+            return Tick(outgoing, wake_at)
+
+    def _publish(self, now: float) -> None:
+        """An event for each render that ended, with the faults of the webhook."""
+        config = self.config
+        rng = self._rng_webhook
+        wall = self._wall()
+        host = self._event_host
+        for project in self._ended:
+            event_type = webhooks.COMPLETED if project.ending == COMPLETE else webhooks.ERRORED
+            dropped = bool(config.webhook_drop_rate) and rng.random() < config.webhook_drop_rate
+            twice = (
+                bool(config.webhook_duplicate_rate) and rng.random() < config.webhook_duplicate_rate
+            )
+            body = webhooks.event_body(event_type, self._document(project, now, host, rng))
+            self._outbox.add_event(
+                event_type,
+                project.id,
+                body,
+                now=now,
+                wall=wall,
+                copies=2 if twice else 1,
+                dropped=dropped,
+            )
+            if config.webhook_foreign_rate and rng.random() < config.webhook_foreign_rate:
+                foreign_id = self._ids.next(wall)
+                document = _foreign_document(foreign_id, event_type, host, wall)
+                body = webhooks.event_body(event_type, document)
+                self._outbox.add_event(
+                    event_type, foreign_id, body, now=now, wall=wall, foreign=True
+                )
+        self._ended.clear()
+
+    def record_webhook(
+        self,
+        delivery_id: str,
+        timestamp: int,
+        status: int | None,
+        error: str | None,
+        *,
+        sent_at: float | None = None,
+        sent_wall: float | None = None,
+    ) -> None:
+        """What one attempt (sent at `sent_at`, default now) got back; a failure
+        is due again after its backoff, counted from now."""
+        with self._lock:
+            config = self.config
+            now = self._monotonic()
+            self._outbox.record(
+                delivery_id,
+                now=now,
+                sent_at=now if sent_at is None else sent_at,
+                sent_wall=self._wall() if sent_wall is None else sent_wall,
+                timestamp=timestamp,
+                status=status,
+                error=error,
+                backoff=config.webhook_backoff,
+                attempts=config.webhook_attempts,
+            )
+
+    def webhooks(self) -> list[WebhookDelivery]:
+        """Every delivery so far (dropped ones too) with its attempts."""
+        with self._lock:
+            return self._outbox.journal()
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return self.config.webhook_secret
+
+    def _wake(self) -> None:
+        wake = self.on_wake
+        if wake is not None:
+            wake()
 
     # --- inspection ------------------------------------------------------------------
 
@@ -669,6 +934,9 @@ class Emulator:
                     status=p.status(now),
                     enabled=p.enabled,
                     dropped=p.dropped,
+                    garbled=p.garble,
+                    credits_surcharged=p.surcharged,
+                    outcome=p.ending,
                 )
                 for p in self._journal
             ]
@@ -684,6 +952,13 @@ class Emulator:
                 credits=self._credits,
                 credits_charged=self._charged_total,
                 credits_refunded=self._refunded_total,
+                rate_limit_429s=self._rate_limited,
+                render_cap_429s=self._render_capped,
+                garbled=self._garbled,
+                credits_surcharged=self._surcharged_total,
+                poll_404s=self._poll_404s,
+                bad_download_gets=self._bad_gets,
+                webhooks=self._outbox.counts(),
             )
 
 
@@ -745,19 +1020,8 @@ def _iso(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _encode(document: Any) -> bytes:
-    return _encode_json(document).encode("utf-8")
-
-
-def _message_body(message: str) -> bytes:
-    return _encode({"message": message})
-
-
-def _message(status: int, message: str) -> Reply:
-    return Reply(status, _message_body(message))
+_message_body = message_body
+_message = message_reply
 
 
 def _invalid(field: str, problem: str) -> Reply:
@@ -768,9 +1032,24 @@ def _one_of(choices: Any) -> str:
     return "must be one of " + ", ".join(str(c) for c in choices)
 
 
-def message_reply(status: int, message: str) -> Reply:
-    """A JSON `{"message": ...}` answer, for the ASGI layer's own errors (404, 405...)."""
-    return _message(status, message)
+def _foreign_document(project_id: str, event_type: str, host: str, wall: float) -> dict[str, Any]:
+    """A project of another account, shaped like ours: its URLs open nothing here."""
+    done = event_type == webhooks.COMPLETED
+    url = f"http://{host}{FILES_PREFIX}{project_id}/0.png?expires=0&g=0&signature=0"
+    credits = 5 if done else 0
+    return {
+        "id": project_id,
+        "name": "someone else's image",
+        "status": COMPLETE if done else ERROR,
+        "image_count": 1,
+        "type": "AI_IMAGE",
+        "created_at": _iso(wall - 5.0),
+        "enabled": True,
+        "credits_charged": credits,
+        "total_frame_cost": credits,
+        "downloads": [{"url": url, "expires_at": _iso(wall + 86_400)}] if done else [],
+        "error": None if done else RENDER_ERROR,
+    }
 
 
 _TOO_MANY: Final = _message_body("Too many requests")

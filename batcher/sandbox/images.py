@@ -1,10 +1,11 @@
-"""The images the sandbox "generates": small real PNGs that show their prompt.
+"""The images the sandbox "generates": small real images that show their prompt.
 
 A human opening a downloaded file sees which prompt, project and image it
 belongs to, so a mix-up in the client's file naming is visible at a glance.
-Rendering text costs milliseconds, so finished files are kept in an LRU
-cache (repeated downloads are cheap) and the wrapped prompt, shared by all
-images of a project, is drawn once.
+They are PNG, JPEG or WebP (SandboxConfig.image_format), whatever the URL's
+suffix says. Rendering text costs milliseconds, so finished files are kept in
+an LRU cache (repeated downloads are cheap) and the wrapped prompt, shared by
+all images of a project, is drawn once.
 """
 
 from __future__ import annotations
@@ -13,43 +14,56 @@ import hashlib
 import io
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from typing import Final
 
 from PIL import Image, ImageDraw, ImageFont
 
-from batcher.sandbox.emulator import ImageJob
+from batcher.sandbox.replies import ImageJob
 
 SIZES: Final = {"1:1": (512, 512), "16:9": (512, 288), "9:16": (288, 512)}
 MARGIN: Final = 16
 PROMPT_SIZE: Final = 22
 FOOTER_SIZE: Final = 13
 TEXT: Final = (245, 245, 240)
+CONTENT_TYPES: Final = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 class ImageRenderer:
-    """PNG bytes for an authorised download, cached by (project id, index)."""
+    """Image bytes for an authorised download, cached by (project id, index, format)."""
 
-    def __init__(self, cache_size: int = 4096) -> None:  # files are 1-3 kB each
-        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+    def __init__(self, cache_size: int = 4096) -> None:  # files are 1-10 kB each
+        self._cache: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
         self._cache_size = cache_size
 
-    def png(self, job: ImageJob) -> bytes:
-        key = (job.project_id, job.index)
+    def image(self, job: ImageJob) -> bytes:
+        """The bytes of the job's image in its `image_format`."""
+        key = (job.project_id, job.index, job.image_format)
         data = self._cache.get(key)
         if data is not None:
             self._cache.move_to_end(key)
             return data
-        data = render_png(job)
+        data = render_image(job)
         self._cache[key] = data
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return data
 
+    def png(self, job: ImageJob) -> bytes:
+        """The job's image as PNG, whatever its `image_format`."""
+        if job.image_format != "png":
+            job = replace(job, image_format="png")
+        return self.image(job)
+
 
 def render_png(job: ImageJob) -> bytes:
+    return render_image(replace(job, image_format="png"))
+
+
+def render_image(job: ImageJob) -> bytes:
     """One image: the wrapped prompt on a colour of its own, then who it is."""
     image = _prompt_block(job.prompt, job.aspect_ratio).copy()
     draw = ImageDraw.Draw(image)
@@ -64,7 +78,12 @@ def render_png(job: ImageJob) -> bytes:
         draw.text((MARGIN, y), line, font=footer, fill=1)
         y += FOOTER_SIZE + 4
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    if job.image_format == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    elif job.image_format == "webp":
+        image.convert("RGB").save(buffer, format="WEBP", quality=80, method=0)
+    else:
+        image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
 
 

@@ -20,8 +20,10 @@ import uvicorn
 
 from batcher.errors import ConfigError
 from batcher.sandbox.app import SandboxApp
+from batcher.sandbox.clock import Clock
 from batcher.sandbox.config import SandboxConfig
 from batcher.sandbox.emulator import Emulator, JournalEntry, SandboxStats
+from batcher.sandbox.webhooks import WebhookDelivery
 
 BACKLOG: Final = 4096  # benchmarks open many connections at once
 KEEP_ALIVE_SECONDS: Final = 75  # longer than clients' idle pools keep a connection
@@ -46,6 +48,11 @@ class SandboxHandle:
         return self.emulator.config
 
     @property
+    def clock(self) -> Clock:
+        """The emulator's clock: a `ManualClock` given to `running_sandbox` moves it."""
+        return self.emulator.clock
+
+    @property
     def account_credits(self) -> int:
         return self.emulator.credits
 
@@ -54,6 +61,10 @@ class SandboxHandle:
 
     def stats(self) -> SandboxStats:
         return self.emulator.stats()
+
+    def webhooks(self) -> list[WebhookDelivery]:
+        """Every webhook delivery so far, with each attempt and its answer."""
+        return self.emulator.webhooks()
 
     def set_faults(self, **fields: Any) -> dict[str, Any]:
         """Change runtime settings by SandboxConfig field name; returns them all."""
@@ -69,9 +80,9 @@ class SandboxHandle:
         return f"SandboxHandle({self.base_url})"
 
 
-def _emulator(config: SandboxConfig) -> Emulator:
+def _emulator(config: SandboxConfig, clock: Clock | None = None) -> Emulator:
     try:
-        return Emulator(config)
+        return Emulator(config, clock=clock)
     except ValueError as exc:  # a setting the catalog rejects, such as an unknown tier
         raise ConfigError(str(exc)) from None
 
@@ -106,8 +117,8 @@ def uvicorn_config(app: SandboxApp, *, log_level: str | None = None) -> uvicorn.
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools",
         ws="none",
-        lifespan="off",
         interface="asgi3",
+        lifespan="on",  # starts and stops the scheduler (render ends, webhooks)
         access_log=False,
         log_config=None,  # the library configures no logging; the CLI does
         log_level=log_level,
@@ -122,27 +133,36 @@ def uvicorn_config(app: SandboxApp, *, log_level: str | None = None) -> uvicorn.
 def serve(config: SandboxConfig, on_ready: Callable[[str, Emulator], None]) -> None:
     """Serve in the foreground until interrupted; `on_ready(base_url, emulator)` first."""
     emulator = _emulator(config)
-    app = SandboxApp(emulator)
     sock = listen(config.host, config.port)
+    base_url = url_of(sock)
+    app = SandboxApp(emulator, base_url=base_url)
     try:
-        on_ready(url_of(sock), emulator)
+        on_ready(base_url, emulator)
         uvicorn.Server(uvicorn_config(app, log_level="warning")).run(sockets=[sock])
     finally:
+        app.stop()
         sock.close()
 
 
 @contextmanager
-def running_sandbox(config: SandboxConfig | None = None) -> Iterator[SandboxHandle]:
+def running_sandbox(
+    config: SandboxConfig | None = None, *, clock: Clock | None = None
+) -> Iterator[SandboxHandle]:
     """A sandbox on a free loopback port (or config.host/port) for the `with` block.
 
     uvicorn runs its own event loop on a background thread; on exit it is
     asked to stop, finishes the requests in progress and closes every
-    connection, and the thread is joined.
+    connection, and the thread is joined. `clock` (a `ManualClock` in tests)
+    replaces the system clock: renders, URL expiry and webhook retries then
+    move only when it does (and webhook timestamps are its wall time, so a
+    receiver checking freshness against the real time will refuse them).
     """
     config = config or SandboxConfig()
-    emulator = _emulator(config)
+    emulator = _emulator(config, clock)
     sock = listen(config.host, config.port)
-    server = uvicorn.Server(uvicorn_config(SandboxApp(emulator)))
+    base_url = url_of(sock)
+    app = SandboxApp(emulator, base_url=base_url)
+    server = uvicorn.Server(uvicorn_config(app))
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -151,7 +171,6 @@ def running_sandbox(config: SandboxConfig | None = None) -> Iterator[SandboxHand
         except BaseException as exc:  # handed to the caller's thread, re-raised there
             failure.append(exc)
 
-    base_url = url_of(sock)
     thread = threading.Thread(target=run, name=f"batcher-sandbox {base_url}", daemon=True)
     try:
         thread.start()
@@ -166,6 +185,7 @@ def running_sandbox(config: SandboxConfig | None = None) -> Iterator[SandboxHand
             time.sleep(0.002)
         yield SandboxHandle(emulator, base_url)
     finally:
+        app.stop()  # endless and dripping answers end now, not after the grace period
         server.should_exit = True
         if thread.is_alive():
             thread.join(STARTUP_TIMEOUT + SHUTDOWN_GRACE_SECONDS)

@@ -85,3 +85,40 @@ def test_sandbox_command_rejects_bad_settings() -> None:
     assert result.returncode == 2
     assert "tier" in result.stderr
     assert result.stdout == ""
+
+
+def test_sandbox_help_names_every_fault_flag_and_endpoint() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "batcher", "sandbox", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "100"},
+    )
+    for flag in (
+        "--poll-404-rate",
+        "--surcharge-rate",
+        "--stuck-rate",
+        "--cancel-rate",
+        "--bad-downloads",
+        "--bad-download-rate",
+        "--huge-download-bytes",
+        "--create-garble",
+        "--create-garble-rate",
+        "--drip-seconds",
+        "--image-format",
+        "--webhook-url",
+        "--webhook-secret",
+        "--webhook-drop-rate",
+        "--webhook-duplicate-rate",
+        "--webhook-foreign-rate",
+        "--webhook-backoff",
+        "--webhook-attempts",
+        "MAGIC_HOUR_WEBHOOK_SECRET",
+        "/_sandbox/webhooks",
+        "/_sandbox/journal",
+        "/_sandbox/stats",
+        "magic-hour-event-signature",
+    ):
+        assert flag in result.stdout, flag

@@ -1,10 +1,11 @@
-"""Signed download URLs: real PNGs, no bearer needed, expiry, tampering, fresh URLs."""
+"""Signed download URLs: real images, no bearer needed, expiry, tampering, fresh URLs,
+and the image formats."""
 
 from __future__ import annotations
 
 import io
 import re
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,9 @@ import pytest
 from PIL import Image
 from sandbox_support import ApiFactory, MakeSandbox, create, wait_status
 
-from batcher.sandbox import SandboxHandle
+from batcher.sandbox import ManualClock, SandboxHandle
+
+ManualSandbox = Callable[..., tuple[SandboxHandle, ManualClock]]
 
 
 def downloads(client: httpx.Client, project_id: str) -> list[dict[str, Any]]:
@@ -70,15 +73,20 @@ def test_expire_downloads_makes_issued_urls_403_and_a_new_get_gives_fresh_ones(
     assert httpx.get(fresh["url"], timeout=10).status_code == 403
 
 
-def test_urls_expire_after_the_ttl(make_sandbox: MakeSandbox, api: ApiFactory) -> None:
-    handle = make_sandbox(download_ttl=0.3)
+def test_urls_expire_after_the_ttl(manual_sandbox: ManualSandbox, api: ApiFactory) -> None:
+    # The emulator's clock, not the wall's: no sleeping, and exact to the millisecond.
+    handle, clock = manual_sandbox(download_ttl=0.3)
     client = api(handle)
     project_id = create(client)
+    clock.advance(10.0)  # the render ends
     (item,) = downloads(client, project_id)
-    issued = time.time()
     assert httpx.get(item["url"], timeout=10).status_code == 200
-    time.sleep(max(0.0, issued + 0.35 - time.time()))
-    assert httpx.get(item["url"], timeout=10).status_code == 403
+    clock.advance(0.299)
+    assert httpx.get(item["url"], timeout=10).status_code == 200
+    clock.advance(0.001)
+    expired = httpx.get(item["url"], timeout=10)
+    assert expired.status_code == 403
+    assert "expired" in expired.json()["message"]
     (fresh,) = downloads(client, project_id)
     assert httpx.get(fresh["url"], timeout=10).status_code == 200
 
@@ -123,3 +131,52 @@ def test_downloads_are_counted(make_sandbox: MakeSandbox, api: ApiFactory) -> No
     httpx.get(item["url"], timeout=10)
     httpx.get(item["url"] + "x", timeout=10)
     assert handle.stats().requests["GET /_sandbox/files/{id}/{n}.png"] == {"200": 1, "403": 1}
+
+
+@pytest.mark.parametrize(
+    ("image_format", "decoded", "content_type"),
+    [("png", "PNG", "image/png"), ("jpeg", "JPEG", "image/jpeg"), ("webp", "WEBP", "image/webp")],
+)
+def test_image_format_sets_the_bytes_not_the_suffix(
+    make_sandbox: MakeSandbox,
+    api: ApiFactory,
+    image_format: str,
+    decoded: str,
+    content_type: str,
+) -> None:
+    handle = make_sandbox(image_format=image_format)
+    client = api(handle)
+    items = downloads(
+        client, create(client, image_count=2, model="flux-schnell", aspect_ratio="16:9")
+    )
+    for item in items:
+        assert item["url"].split("?")[0].endswith(".png")  # whatever the bytes are
+        response = httpx.get(item["url"], timeout=10)
+        assert response.headers["content-type"] == content_type
+        image = Image.open(io.BytesIO(response.content))
+        image.load()
+        assert image.format == decoded
+        assert image.size == (512, 288)
+
+
+def test_mixed_formats_rotate_and_stay_put(make_sandbox: MakeSandbox, api: ApiFactory) -> None:
+    handle = make_sandbox(image_format="mixed")
+    client = api(handle)
+    seen = []
+    for _ in range(2):
+        items = downloads(client, create(client, image_count=3, model="flux-schnell"))
+        contents = [httpx.get(item["url"], timeout=10).content for item in items]
+        seen.append([Image.open(io.BytesIO(content)).format for content in contents])
+        assert httpx.get(items[0]["url"], timeout=10).content == contents[0]  # the same file
+    assert sorted(seen[0]) == sorted(seen[1]) == ["JPEG", "PNG", "WEBP"]
+    assert seen[0] != seen[1]  # the rotation moves on from project to project
+
+
+def test_the_format_can_change_on_a_running_sandbox(
+    sandbox_reset: SandboxHandle, client: httpx.Client
+) -> None:
+    project_id = create(client)
+    (item,) = downloads(client, project_id)
+    assert httpx.get(item["url"], timeout=10).content.startswith(b"\x89PNG")
+    sandbox_reset.set_faults(image_format="jpeg")
+    assert httpx.get(item["url"], timeout=10).content.startswith(b"\xff\xd8\xff")

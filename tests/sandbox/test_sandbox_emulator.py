@@ -350,3 +350,69 @@ def test_changing_another_fault_keeps_the_rate_bucket(clock: FakeClock) -> None:
     assert emu.admit(b"Bearer sandbox-key") is not None  # still empty
     emu.set_faults({"rate_limit": 2.0})  # a new limit starts full
     assert emu.admit(b"Bearer sandbox-key") is None
+
+
+def test_a_surcharge_is_charged_when_the_render_completes(clock: FakeClock) -> None:
+    emu = emulator(clock, surcharge_rate=1.0, credits=1000)
+    project_id = created_id(send(emu, model="krea-2"))
+    assert emu.credits == 990
+    clock.advance(9.9)
+    assert project(emu, project_id)["credits_charged"] == 10
+    clock.advance(0.1)
+    assert emu.credits == 900  # settled by the clock, before anyone polls
+    assert project(emu, project_id)["credits_charged"] == 100
+    (entry,) = emu.journal()
+    assert (entry.credits_charged, entry.credits_surcharged, entry.credits_net) == (10, 90, 100)
+    assert entry.as_dict()["credits_net"] == 100
+
+
+def test_stuck_renders_never_settle_and_keep_their_slot(clock: FakeClock) -> None:
+    emu = emulator(clock, stuck_rate=1.0)
+    project_id = created_id(send(emu))
+    clock.advance(10**9)
+    assert project(emu, project_id)["status"] == "rendering"
+    assert emu.stats().in_flight == 1
+
+
+def test_new_faults_left_off_draw_nothing_from_the_seeded_streams() -> None:
+    def statuses(**extra: Any) -> list[str]:
+        clock = FakeClock()
+        emu = emulator(clock, seed=3, render_error_rate=0.5, render_jitter=0.5, **extra)
+        for _ in range(30):
+            send(emu)
+        clock.advance(9.0)
+        return [entry.status for entry in emu.journal()]
+
+    assert statuses() == statuses(stuck_rate=0.0, cancel_rate=0.0, surcharge_rate=0.0)
+
+
+@pytest.mark.parametrize("tier", ["free", "creator", "pro", "business"])
+def test_the_account_has_the_sdk_shape(clock: FakeClock, tier: str) -> None:
+    emu = emulator(clock, tier=tier)
+    document = json.loads(emu.account().body)
+    assert set(document) == {"id", "email", "credits", "tier", "subscription"}
+    if tier == "free":
+        assert document["subscription"] is None
+        return
+    subscription = document["subscription"]
+    assert set(subscription) == {
+        "billing_interval",
+        "cancel_at_period_end",
+        "current_period_end",
+        "discount",
+        "name",
+        "price",
+        "status",
+    }
+    assert set(subscription["price"]) == {"amount", "currency"}
+    assert subscription["status"] == "active"
+    assert subscription["current_period_end"] == "2026-01-31T00:16:40.000Z"  # 30 days on
+
+
+def test_the_journal_shows_each_garbled_answer_and_its_charge(clock: FakeClock) -> None:
+    emu = emulator(clock, create_garble="negative-credits")
+    reply = send(emu)
+    assert json.loads(reply.body)["credits_charged"] == -5
+    (entry,) = emu.journal()
+    assert (entry.garbled, entry.credits_charged) == ("negative-credits", 5)
+    assert emu.credits == 1_000_000 - 5

@@ -1,4 +1,5 @@
-"""Fault injection over real HTTP: latency, 429s, 5xx, dropped connections, seeds."""
+"""Fault injection over real HTTP: latency, 429s (and their counts by kind), 5xx,
+dropped connections, seeds."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 from sandbox_support import CREATE, ApiFactory, MakeSandbox, body, create, wait_until
 
-from batcher.sandbox import SandboxHandle
+from batcher.sandbox import ManualClock, SandboxHandle
+
+ManualSandbox = Callable[..., tuple[SandboxHandle, ManualClock]]
 
 
 def test_latency_delays_every_api_request(sandbox_reset: SandboxHandle, api: ApiFactory) -> None:
@@ -221,3 +225,32 @@ def test_the_same_seed_reproduces_faults_over_http(
     first = run(5)
     assert first == run(5)
     assert first != run(6)
+
+
+def test_429s_are_counted_by_kind(manual_sandbox: ManualSandbox, api: ApiFactory) -> None:
+    # A manual clock: the rate bucket refills and renders end only when told.
+    handle, clock = manual_sandbox(rate_limit=3.0, max_in_flight=1)
+    client = api(handle)
+    statuses = [client.post(CREATE, json=body()).status_code for _ in range(3)]
+    assert statuses == [200, 429, 429]  # three tokens; one render slot
+    assert client.get("/v1/account").status_code == 429  # no token left
+    assert client.post(CREATE, json=body()).status_code == 429
+    stats = handle.stats()
+    assert (stats.render_cap_429s, stats.rate_limit_429s) == (2, 2)
+    assert stats.count("POST /v1/ai-image-generator", 429) == 3  # both kinds, one route
+    clock.advance(10.0)  # the render ends; the bucket refills
+    assert client.post(CREATE, json=body()).status_code == 200
+    document = httpx.get(handle.base_url + "/_sandbox/stats", timeout=10).json()
+    assert (document["render_cap_429s"], document["rate_limit_429s"]) == (2, 2)
+
+
+def test_rate_limit_429s_are_not_render_cap_429s(
+    make_sandbox: MakeSandbox, api: ApiFactory
+) -> None:
+    handle = make_sandbox(rate_limit=2.0)
+    client = api(handle)
+    refused = sum(client.get("/v1/account").status_code == 429 for _ in range(6))
+    assert refused >= 3
+    stats = handle.stats()
+    assert stats.rate_limit_429s == refused
+    assert stats.render_cap_429s == 0

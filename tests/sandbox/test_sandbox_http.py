@@ -268,6 +268,7 @@ def test_account(client: httpx.Client, sandbox: SandboxHandle) -> None:
     document = client.get("/v1/account").json()
     assert set(document) == {"id", "email", "credits", "tier", "subscription"}
     assert document["tier"] == "creator"
+    assert document["subscription"]["name"] == "Creator"  # the SDK's shape (test_sandbox_sdk)
     assert document["credits"] == sandbox.account_credits
     assert isinstance(document["id"], str)
     assert "@" in document["email"]
