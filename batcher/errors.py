@@ -14,9 +14,11 @@
     │   ├── ConnectError              the request surely never reached the server
     │   └── ResponseLostError         the request may have been processed; answer lost
     │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
-    └── LedgerError                   the ledger database is unusable
+    ├── LedgerError                   the ledger database is unusable
+    └── OutputError                   an output file or folder cannot be read or written
+        └── NotAnImageError           a downloaded file is not a PNG, JPEG or WebP image
 
-httpx, SQLAlchemy and YAML exceptions are translated into these at the module
+httpx, SQLAlchemy, YAML and disk (OSError) exceptions are translated into these at the module
 that talks to them and never escape the library.
 """
 
@@ -141,3 +143,12 @@ class MalformedResponseError(ResponseLostError):
 
 class LedgerError(BatcherError):
     """The ledger database cannot be opened, migrated or written."""
+
+
+class OutputError(BatcherError):
+    """A file or folder of the batch's output (images, manifest, gallery) cannot
+    be read or written: the disk's OSError, translated where it happened."""
+
+
+class NotAnImageError(OutputError):
+    """A downloaded file is not a PNG, JPEG or WebP image (its first bytes say so)."""
