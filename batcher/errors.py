@@ -6,7 +6,8 @@
     │   ├── CatalogError              the model catalog file is unusable
     │   ├── ConfigError               a setting is missing or wrong (no API key, bad URL...)
     │   │   └── LedgerMissingError    a reading command was pointed at no ledger
-    │   └── PreflightError            the account cannot pay for or is not allowed the run
+    │   ├── PreflightError            the account cannot pay for or is not allowed the run
+    │   └── ReviewError               a review names no image of the batch, or no verdict
     ├── ApiError                      the API answered with a non-2xx status
     │   ├── AuthError                 401: the key was rejected (exit 2)
     │   └── DownloadExpiredError      403/404/410 on a signed download URL: GET the project again
@@ -152,3 +153,7 @@ class OutputError(BatcherError):
 
 class NotAnImageError(OutputError):
     """A downloaded file is not a PNG, JPEG or WebP image (its first bytes say so)."""
+
+
+class ReviewError(InputError):
+    """A review decision names no image of the batch, or a verdict that does not exist."""
