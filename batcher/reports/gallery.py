@@ -226,13 +226,14 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def locate(path: str, folder: Path) -> Path:
-    """Where a recorded file is now: as recorded (relative to the working
-    directory), else by its name in the batch folder (the run may have had
-    another working directory)."""
+    """Where a recorded file is now: by its name in the batch folder (where the
+    runner saves every image, whatever the working directory of the run and
+    wherever the folder was moved since), else as recorded."""
     recorded = Path(path)
-    if recorded.exists():
-        return recorded.absolute()
-    return (folder / recorded.name).absolute()
+    in_folder = folder / recorded.name
+    if in_folder.exists() or not recorded.exists():
+        return in_folder.absolute()
+    return recorded.absolute()
 
 
 def page_path(folder: Path, located: Path) -> str:

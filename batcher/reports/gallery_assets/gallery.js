@@ -88,6 +88,11 @@
     return value === null || value === undefined ? null : String(value);
   }
 
+  function gridValue(it, axis) {
+    var value = axisValue(it, axis);
+    return value === null ? "(none)" : value;
+  }
+
   function countBy(list, fn) {
     var counts = {}; var order = [];
     list.forEach(function (x) {
@@ -327,11 +332,11 @@
       wrap.appendChild(el("p", { class: "empty", text: "choose the rows and columns of the grid" }));
       return;
     }
-    var rows = view.rows ? countBy(items, function (it) { return axisValue(it, view.rows); }).order : [""];
-    var cols = view.cols ? countBy(items, function (it) { return axisValue(it, view.cols); }).order : [""];
+    var rows = view.rows ? countBy(items, function (it) { return gridValue(it, view.rows); }).order : [""];
+    var cols = view.cols ? countBy(items, function (it) { return gridValue(it, view.cols); }).order : [""];
     var cells = {};
     list.forEach(function (it) {
-      var key = (view.rows ? axisValue(it, view.rows) : "") + "\u0000" + (view.cols ? axisValue(it, view.cols) : "");
+      var key = (view.rows ? gridValue(it, view.rows) : "") + "\u0000" + (view.cols ? gridValue(it, view.cols) : "");
       (cells[key] = cells[key] || []).push(it);
     });
     var head = el("tr", null, [el("th", { text: (view.rows || "") + (view.cols ? " \\ " + view.cols : "") })]
