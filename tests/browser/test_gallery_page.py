@@ -17,7 +17,7 @@ from batcher.reports.gallery import GalleryData, GalleryFile, GalleryItem
 from batcher.reports.gallery_page import PAGE_SIZE, render_page
 from batcher.run.files import slug
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def make_gallery(batch: BuiltBatch, *extra: str) -> Path:
@@ -326,3 +326,35 @@ def test_ten_thousand_items_stay_small_and_usable(offline_page: Page, tmp_path: 
     offline_page.check("#filter-state-failed")
     failed = sum(1 for n in range(10_000) if n % 97 == 0 and n % 5 == 4)
     assert len(card_keys(offline_page)) == failed
+
+
+def test_prompts_are_shown_as_text_never_run(offline_page: Page, tmp_path: Path) -> None:
+    evil = (
+        '<img src=x onerror="document.title=\'owned\'">'
+        '</script><script>document.title="owned"</script>'
+    )
+    data = GalleryData(
+        batch="b",
+        items=(
+            GalleryItem(
+                key="k",
+                ordinal=0,
+                state="failed",
+                prompt=evil,
+                model="m",
+                resolution=None,
+                aspect_ratio="1:1",
+                tool="general",
+                image_count=1,
+                reason=evil,
+                vars={"v": evil},
+            ),
+        ),
+    )
+    path = tmp_path / "index.html"
+    path.write_text(render_page(data), encoding="utf-8")
+    open_gallery(offline_page, path)
+    assert offline_page.inner_text(".card .prompt") == evil
+    assert offline_page.inner_text(".card .reason") == evil
+    assert offline_page.title() == "b · batcher gallery"
+    assert offline_page.locator(".card img").count() == 0

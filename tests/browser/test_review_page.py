@@ -19,7 +19,7 @@ from batcher.ledger import reviews
 from batcher.ledger.store import Ledger
 from batcher.review import ReviewServer, ReviewTarget, running_review
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def open_review(
