@@ -330,7 +330,7 @@ def test_ten_thousand_items_stay_small_and_usable(offline_page: Page, tmp_path: 
 
 def test_prompts_are_shown_as_text_never_run(offline_page: Page, tmp_path: Path) -> None:
     evil = (
-        '<img src=x onerror="document.title=\'owned\'">'
+        "<img src=x onerror=\"document.title='owned'\">"
         '</script><script>document.title="owned"</script>'
     )
     data = GalleryData(
