@@ -126,7 +126,10 @@ def review(
             output.result(server.url)
             sys.stdout.flush()
 
-        serve(target, host=host, port=port, on_ready=ready)
+        try:
+            serve(target, host=host, port=port, on_ready=ready)
+        except KeyboardInterrupt:  # Ctrl-C is how a review server is meant to stop
+            output.note("review: stopped; every decision is in the ledger")
 
 
 COMMANDS: list[click.Command] = [gallery, review]
