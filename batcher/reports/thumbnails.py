@@ -109,8 +109,13 @@ def _make(source: Path, target: Path) -> tuple[int, int] | None:
         with Image.open(source) as image:
             size = image.size
             image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEGs decode at a smaller scale
-            thumb = image.copy() if image.mode in ("RGB", "L") else _flatten(image)
-        thumb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            if image.mode in ("RGB", "L"):
+                thumb = image.copy()
+            elif image.has_transparency_data:
+                thumb = _flatten(image)
+            else:
+                thumb = image.convert("RGB")
+        thumb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
         thumb.save(tmp, "JPEG", quality=QUALITY, optimize=True)
         tmp.replace(target)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
