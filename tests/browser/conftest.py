@@ -5,7 +5,9 @@ launches /usr/bin/chromium (`apt-get install chromium chromium-driver`). The
 tests skip, with the reason, only when that binary is missing and
 BATCHER_REQUIRE_BROWSER is not set; CI sets it, so there they fail instead.
 
-- `browser`: one Chromium for the session.
+- `browser`: one Chromium per module. Not per session: while Playwright's
+  sync API is active, its event loop counts as running in the main thread,
+  and the asyncio tests of the tiers after this one could not start theirs.
 - `offline_page`: a page on which every request that is not file:// is
   aborted and recorded in `page.blocked`: the gallery must need none.
 - `local_page(origin)`: a page that may reach only `origin` (the review server).
@@ -38,7 +40,7 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 900}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         reason = f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver"
