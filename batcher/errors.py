@@ -7,8 +7,9 @@
     │   ├── ConfigError               a setting is missing or wrong (no API key, bad URL...)
     │   │   └── LedgerMissingError    a reading command was pointed at no ledger
     │   ├── PreflightError            the account cannot pay for or is not allowed the run
-    │   └── OutputFolderError         the output folder cannot be made or written (also an
-    │                                 OutputError); found before anything is sent
+    │   ├── OutputFolderError         the output folder cannot be made or written (also an
+    │   │                             OutputError); found before anything is sent
+    │   └── ReviewError               a review names no image of the batch, or no verdict
     ├── ApiError                      the API answered with a non-2xx status
     │   ├── AuthError                 401: the key was rejected (exit 2)
     │   └── DownloadExpiredError      403/404/410 on a signed download URL: GET the project again
@@ -17,9 +18,10 @@
     │   └── ResponseLostError         the request may have been processed; answer lost
     │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
     ├── LedgerError                   the ledger database is unusable
-    └── OutputError                   an image or the manifest could not be written (disk full...)
+    └── OutputError                   an output file or folder cannot be read or written
+        └── NotAnImageError           a downloaded file is not a PNG, JPEG or WebP image
 
-httpx, SQLAlchemy, YAML and OSError exceptions are translated into these at the module
+httpx, SQLAlchemy, YAML and disk (OSError) exceptions are translated into these at the module
 that talks to them and never escape the library.
 """
 
@@ -149,22 +151,33 @@ class LedgerError(BatcherError):
 
 
 class OutputError(BatcherError):
-    """A file in the output folder could not be written: a full disk, a folder that went away.
+    """A file or folder of the batch's output (images, manifest, gallery) cannot be
+    read or written: a full disk, a folder that went away.
 
     Raised by the code that writes there (batcher.run.files, the client's downloads)
     in place of the OSError, with the path it was writing and the system's reason.
     """
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str, *, action: str = "write") -> None:
         self.path = os.fspath(path)
         self.reason = reason
-        super().__init__(f"cannot write {self.path}: {reason}")
+        super().__init__(f"cannot {action} {self.path}: {reason}")
 
     @classmethod
-    def from_os_error(cls, path: str | os.PathLike[str], exc: OSError) -> Self:
+    def from_os_error(
+        cls, path: str | os.PathLike[str], exc: OSError, *, action: str = "write"
+    ) -> Self:
         """The OSError's reason as one line ("No space left on device"), without a traceback."""
-        return cls(path, exc.strerror or type(exc).__name__)
+        return cls(path, exc.strerror or type(exc).__name__, action=action)
 
 
 class OutputFolderError(OutputError, InputError):
     """The output folder cannot be created or written: found before anything is sent (exit 2)."""
+
+
+class NotAnImageError(OutputError):
+    """A downloaded file is not a PNG, JPEG or WebP image (its first bytes say so)."""
+
+
+class ReviewError(InputError):
+    """A review decision names no image of the batch, or a verdict that does not exist."""

@@ -35,6 +35,8 @@ COMMAND_MODULES: dict[str, str] = {
     "account": "credits",
     "reconcile": "credits",
     "worker": "runs",
+    "gallery": "review",
+    "review": "review",
 }
 
 

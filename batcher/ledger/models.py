@@ -128,6 +128,11 @@ class Item(Base):
     error_code: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     files: Mapped[list[str] | None] = mapped_column(JSON)
+    # A rerun of a rejected image points at the item it redoes; the gallery
+    # shows the two side by side. SET NULL: deleting the old item keeps the new.
+    redo_of_item_id: Mapped[int | None] = mapped_column(
+        ForeignKey("items.id", ondelete="SET NULL"), index=True
+    )
 
     worker_id: Mapped[str | None] = mapped_column(String(64), index=True)
     lease_expires_at: Mapped[datetime | None]
@@ -157,6 +162,28 @@ class CreditEvent(Base):
     credits: Mapped[int] = mapped_column(BigInteger)
     project_id: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Review(Base):
+    """One review decision on one image of an item. Append-only: the latest row
+    per (item, image) is the decision in force, and a "clear" is recorded like
+    any other, so the morning's history stays readable."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint("verdict IN ('pick', 'reject', 'clear')", name="verdict"),
+        CheckConstraint("image >= 0", name="image"),
+        # The latest decision per image: max(id) grouped by (item, image).
+        Index("ix_reviews_item_id_image", "item_id", "image"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    image: Mapped[int] = mapped_column(Integer)  # the image's index within its item, from 0
+    verdict: Mapped[str] = mapped_column(String(8))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
 
 
 class Worker(Base):

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect
 
 from batcher.ledger import migrate
 from batcher.ledger.models import Base
-from batcher.ledger.store import Ledger
+from batcher.ledger.store import Ledger, create_ledger_engine
 
 # Every test runs on SQLite and on the real PostgreSQL server.
 pytestmark = pytest.mark.parametrize(
@@ -60,3 +60,42 @@ def test_migrations_are_found_without_a_checkout_layout(empty_database_url: str)
     # checkout, in migrations/. Either way env.py is there.
     assert (migrate.migrations_dir() / "env.py").is_file()
     assert any((migrate.migrations_dir() / "versions").glob("*.py"))
+
+
+def test_rebuilding_items_keeps_every_credit_row(empty_database_url: str) -> None:
+    # 0002 rebuilds `items` on SQLite (batch mode). With the ledger's own engine
+    # (foreign keys on) a careless rebuild would cascade-delete the credit rows.
+    engine = create_ledger_engine(empty_database_url)
+    migrate.upgrade(engine, "0001")
+    now = "2026-12-01 00:00:00"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO batches (id, name, settings, credits_net, credits_reserved,"
+            f" created_at, updated_at) VALUES (1, 'b', '{{}}', 5, 0, '{now}', '{now}')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO items (id, batch_id, key, ordinal, prompt, model, aspect_ratio, tool,"
+            " image_count, project_name, estimate, estimate_exact, state, attempts,"
+            " render_failures, credits_reserved, created_at, updated_at) VALUES"
+            f" (1, 1, 'k', 0, 'p', 'm', '1:1', 'general', 1, 'n', 5, true, 'complete', 1, 0, 0,"
+            f" '{now}', '{now}')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO credit_events (batch_id, item_id, kind, credits, project_id, created_at)"
+            f" VALUES (1, 1, 'charge', 5, 'p1', '{now}')"
+        )
+
+    def credit_rows() -> int:
+        with engine.begin() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM credit_events").scalar_one())
+
+    migrate.upgrade(engine)
+    assert credit_rows() == 1
+    migrate.downgrade(engine, "0001")
+    assert credit_rows() == 1
+    migrate.upgrade(engine)
+    assert credit_rows() == 1
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":  # the pragma is back on for the ledger's work
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    engine.dispose()

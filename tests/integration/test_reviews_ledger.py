@@ -1,0 +1,166 @@
+"""Review decisions and the gallery's queries, on a real SQLite file and on the
+real PostgreSQL server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete
+
+from batcher.errors import ReviewError
+from batcher.jobfile.items import ItemSettings, JobItem
+from batcher.ledger import reviews
+from batcher.ledger.models import utcnow
+from batcher.ledger.store import (
+    ITEMS,
+    BeginSend,
+    Created,
+    Ledger,
+    ReleaseClaims,
+    RenderFinished,
+)
+
+SETTINGS = ItemSettings("z-image-turbo", "640px", "1:1", "general", 2)
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    with Ledger.open(ledger_url) as opened:
+        yield opened
+
+
+def _batch(ledger: Ledger, count: int = 3, name: str = "b") -> int:
+    batch, _ = ledger.open_batch(name, job_path="job.yaml", job_hash="h", budget=None, settings={})
+    items = [
+        JobItem(i, f"{name}{i:04d}", f"prompt {i}", SETTINGS, "job.yaml", i + 1)
+        for i in range(count)
+    ]
+    ledger.sync_items(batch.id, items, estimate=lambda s: (10, True), project_name=lambda i: i.key)
+    return batch.id
+
+
+def _ids(ledger: Ledger, batch_id: int) -> dict[str, int]:
+    return {item.key: item.id for item in ledger.items(batch_id)}
+
+
+def _render(
+    ledger: Ledger, batch_id: int, item_id: int, project: str, *, state: str, refund: int = 0
+) -> None:
+    """Send one create for the item and finish its render as `state`."""
+    lease = utcnow() + timedelta(seconds=60)
+    claimed = ledger.claim(batch_id, "w", states=["pending"], limit=100, lease_until=lease)
+    assert item_id in [c.id for c in claimed]
+    ledger.apply([BeginSend(item_id, batch_id, "w", reserve=10, budgeted=False)])
+    ledger.apply([Created(item_id, batch_id, project, 10, reserved=10, keep_claim=True)])
+    files = (f"out/{project}-1.png", f"out/{project}-2.png") if state == "complete" else None
+    ledger.apply(
+        [RenderFinished(item_id, batch_id, project, state=state, refund=refund, files=files)]
+    )
+    ledger.apply([ReleaseClaims(tuple(c.id for c in claimed))])
+
+
+def test_the_latest_decision_per_image_wins_and_clear_removes_it(ledger: Ledger) -> None:
+    batch_id = _batch(ledger)
+    assert reviews.record_review(ledger, batch_id, "b0000", 0, "pick") is not None
+    reviews.record_review(ledger, batch_id, "b0000", 0, "reject", "  hands are wrong ")
+    reviews.record_review(ledger, batch_id, "b0000", 1, "pick")
+    reviews.record_review(ledger, batch_id, "b0001", 0, "reject")
+    assert reviews.record_review(ledger, batch_id, "b0001", 0, "clear") is None
+
+    latest = reviews.latest_reviews(ledger, batch_id)
+    assert set(latest) == {("b0000", 0), ("b0000", 1)}
+    assert latest["b0000", 0].verdict == "reject"
+    assert latest["b0000", 0].note == "hands are wrong"
+    assert reviews.review_counts(ledger, batch_id) == reviews.ReviewCounts(picked=1, rejected=1)
+
+
+def test_decisions_survive_reopening_the_ledger(ledger_url: str) -> None:
+    with Ledger.open(ledger_url) as ledger:
+        batch_id = _batch(ledger)
+        reviews.record_review(ledger, batch_id, "b0002", 1, "reject", "blurry")
+    with Ledger.open(ledger_url) as again:
+        [review] = reviews.latest_reviews(again, batch_id).values()
+    assert (review.item_key, review.image, review.verdict, review.note) == (
+        "b0002",
+        1,
+        "reject",
+        "blurry",
+    )
+
+
+def test_decisions_are_per_batch(ledger: Ledger) -> None:
+    first = _batch(ledger, name="b")
+    second = _batch(ledger, name="c")
+    reviews.record_review(ledger, first, "b0000", 0, "pick")
+    assert reviews.latest_reviews(ledger, second) == {}
+    with pytest.raises(ReviewError, match="no item"):
+        reviews.record_review(ledger, second, "b0000", 0, "pick")
+
+
+@pytest.mark.parametrize(
+    ("key", "image", "verdict", "message"),
+    [
+        ("b0000", 0, "love", "unknown verdict"),
+        ("nope", 0, "pick", "no item"),
+        ("b0000", 2, "pick", "has no image 3"),
+        ("b0000", -1, "pick", "has no image 0"),
+    ],
+)
+def test_bad_decisions_are_refused_and_store_nothing(
+    ledger: Ledger, key: str, image: int, verdict: str, message: str
+) -> None:
+    batch_id = _batch(ledger)
+    with pytest.raises(ReviewError, match=message):
+        reviews.record_review(ledger, batch_id, key, image, verdict)
+    assert reviews.latest_reviews(ledger, batch_id) == {}
+
+
+def test_reviewed_images_come_with_their_items_in_job_order(ledger: Ledger) -> None:
+    batch_id = _batch(ledger)
+    ids = _ids(ledger, batch_id)
+    _render(ledger, batch_id, ids["b0001"], "p1", state="complete")
+    reviews.record_review(ledger, batch_id, "b0002", 0, "pick")
+    reviews.record_review(ledger, batch_id, "b0001", 1, "reject", "too dark")
+    reviews.record_review(ledger, batch_id, "b0001", 0, "pick")
+
+    rows = reviews.reviewed_images(ledger, batch_id)
+    assert [(r.item_key, r.image, r.verdict) for r in rows] == [
+        ("b0001", 0, "pick"),
+        ("b0001", 1, "reject"),
+        ("b0002", 0, "pick"),
+    ]
+    assert rows[1].file == "out/p1-2.png"
+    assert rows[1].project_id == "p1"
+    assert rows[1].note == "too dark"
+    assert rows[2].file is None  # never rendered
+    rejected = reviews.reviewed_images(ledger, batch_id, verdict="reject")
+    assert [(r.item_key, r.image) for r in rejected] == [("b0001", 1)]
+
+
+def test_item_credits_sum_every_project_of_an_item(ledger: Ledger) -> None:
+    batch_id = _batch(ledger)
+    ids = _ids(ledger, batch_id)
+    # A failed render (refunded) re-created once, then complete: two projects.
+    _render(ledger, batch_id, ids["b0000"], "p1", state="pending", refund=10)
+    _render(ledger, batch_id, ids["b0000"], "p2", state="complete")
+    _render(ledger, batch_id, ids["b0001"], "p3", state="complete")
+    credits = reviews.item_credits(ledger, batch_id)
+    assert credits == {
+        "b0000": reviews.ItemCredits(charged=20, refunded=10),
+        "b0001": reviews.ItemCredits(charged=10, refunded=0),
+    }
+    assert credits["b0000"].net == 10
+
+
+def test_a_rerun_points_at_the_item_it_redoes(ledger: Ledger) -> None:
+    batch_id = _batch(ledger, 3)
+    ids = _ids(ledger, batch_id)
+    reviews.set_redo_of(ledger, {ids["b0002"]: ids["b0000"]})
+    assert reviews.redo_links(ledger, batch_id) == {"b0002": "b0000"}
+    # Deleting the old item keeps the rerun (the link is set to NULL, not cascaded).
+    with ledger.transaction() as conn:
+        conn.execute(delete(ITEMS).where(ITEMS.c.id == ids["b0000"]))
+    assert reviews.redo_links(ledger, batch_id) == {}
+    assert "b0002" in _ids(ledger, batch_id)
