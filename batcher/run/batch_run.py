@@ -46,8 +46,7 @@ from batcher.errors import (
     ResponseLostError,
     TransportError,
 )
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import (
+from batcher.ledger import (
     FAILURE_DOWNLOAD,
     FAILURE_REFUSED,
     FAILURE_RENDER,
@@ -57,11 +56,12 @@ from batcher.ledger.store import (
     Created,
     ItemRecord,
     Ledger,
+    LedgerWriter,
     ReleaseClaims,
     RenderFinished,
     SendFailed,
+    utcnow,
 )
-from batcher.ledger.writer import LedgerWriter
 from batcher.run.files import Manifest, batch_folder, image_name
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.liveness import HEARTBEAT_S, LEASE_S, is_dead, new_worker

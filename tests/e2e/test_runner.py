@@ -15,7 +15,7 @@ from e2e_support import Batch, assert_exactly_once, prompts
 from PIL import Image
 
 from batcher.errors import AuthError, PreflightError
-from batcher.ledger.store import BatchRecord, Ledger
+from batcher.ledger import BatchRecord, Ledger
 from batcher.run import prepare as service
 from batcher.run.batch_run import STOP_BUDGET
 from batcher.run.liveness import new_worker
