@@ -4,8 +4,9 @@ credit rows.
 
 The rows are written through the ledger's own operations (open_batch,
 sync_items, claim, apply, record_refund) by a ledger opened with a pinned
-clock (`Ledger.open(..., clock=)`), so every row has a known time. Expected figures come from a tiny reference
-computation over the same list of events, and a few are also spelled out.
+clock (`Ledger.open(..., clock=)`), so every row has a known time. Expected
+figures come from a tiny reference computation over the same list of events,
+and a few are also spelled out.
 """
 
 from __future__ import annotations

@@ -99,7 +99,9 @@ def test_a_revision_from_a_newer_batcher_is_refused_and_left_alone(
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
     engine.dispose()
-    with pytest.raises(LedgerVersionError, match="'0099_from_the_future'.*newer batcher") as caught:
+    with pytest.raises(
+        LedgerVersionError, match=r"'0099_from_the_future'.*newer batcher"
+    ) as caught:
         Ledger.open(empty_database_url)
     assert caught.value.exit_code == EXIT_INPUT
     # Through the CLI: one line, exit 2, no traceback; the ledger is as it was.
