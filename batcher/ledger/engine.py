@@ -161,7 +161,7 @@ def _parse(url: str) -> URL:
         )
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ConfigError(
-            f"ledger URL {display_url(url)} names no file: an in-memory ledger would forget "
+            f"ledger URL {url} names no file: an in-memory ledger would forget "
             "everything at exit; use sqlite:///PATH"
         )
     return parsed
@@ -183,10 +183,11 @@ def _busy_timeout(parsed: URL, given: float | None) -> float:
 
 
 def _sqlite_path(parsed: URL) -> Path | None:
-    """The SQLite file, or None for a server (or a sqlite `file:` URI, left to SQLite)."""
+    """The SQLite file (absolute, for messages that name it), or None for a server (or
+    a SQLite `file:` URI, left to SQLite)."""
     if parsed.get_backend_name() != "sqlite" or "uri" in parsed.query or not parsed.database:
         return None
-    return Path(parsed.database)
+    return Path(parsed.database).absolute()
 
 
 def _check_sqlite_file(path: Path, *, create: bool) -> None:
