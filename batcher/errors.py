@@ -165,7 +165,8 @@ class LedgerBusyError(LedgerError):
 class LedgerCorruptError(LedgerError):
     """The ledger file is not a SQLite database, or it is damaged (truncated, overwritten).
 
-    Exit 2: found on opening, before anything is sent; the file is left untouched.
+    Exit 2: it needs repair (or another --db) before anything can go on. Most
+    damage shows on opening, before anything is sent; the file is left untouched.
     """
 
     exit_code = EXIT_INPUT
