@@ -92,11 +92,6 @@ class Ledger:
         """'sqlite' or 'postgresql'."""
         return self._db.dialect
 
-    @property
-    def where(self) -> str:
-        """The SQLite file's path, or the URL with any password hidden."""
-        return self._db.target.where
-
     def close(self) -> None:
         self._db.dispose()
 

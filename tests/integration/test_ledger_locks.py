@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import BeginSend, Ledger, SendFailed, utcnow
+from batcher.ledger import BeginSend, Created, Ledger, SendFailed, utcnow
 
 pytestmark = pytest.mark.postgres
 
@@ -35,8 +35,11 @@ def ledger(postgres_database: str) -> Iterator[Ledger]:
         yield opened
 
 
-def claimed_batch(ledger: Ledger, worker: str) -> tuple[int, list[int]]:
-    batch, _ = ledger.open_batch("locks", job_path=None, job_hash=None, budget=None, settings={})
+def claimed_batch(
+    ledger: Ledger, *workers: str, budget: int | None = None
+) -> tuple[int, list[list[int]]]:
+    """A batch of ITEMS items, split between `workers` (default one, "w")."""
+    batch, _ = ledger.open_batch("locks", job_path=None, job_hash=None, budget=budget, settings={})
     ledger.sync_items(
         batch.id,
         [JobItem(n, f"k{n}", f"prompt {n}", SETTINGS, "job.yaml", n + 1) for n in range(ITEMS)],
@@ -44,8 +47,17 @@ def claimed_batch(ledger: Ledger, worker: str) -> tuple[int, list[int]]:
         project_name=lambda item: item.key,
     )
     lease = utcnow() + timedelta(minutes=10)
-    items = ledger.claim(batch.id, worker, states=["pending"], limit=ITEMS, lease_until=lease)
-    return batch.id, [item.id for item in items]
+    share = ITEMS // len(workers or ("w",))
+    claimed = [
+        [
+            item.id
+            for item in ledger.claim(
+                batch.id, worker, states=["pending"], limit=share, lease_until=lease
+            )
+        ]
+        for worker in workers or ("w",)
+    ]
+    return batch.id, claimed
 
 
 def conflicts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -57,7 +69,7 @@ def test_heartbeats_and_group_commits_of_one_worker_never_deadlock(
 ) -> None:
     """The overlap of issue 11: heartbeats (every item the worker holds) while its
     group commits update the same rows, each group in a shuffled order."""
-    batch_id, ids = claimed_batch(ledger, "w")
+    batch_id, [ids] = claimed_batch(ledger)
     done = threading.Event()
     errors: list[BaseException] = []
     beats = 0
@@ -100,6 +112,42 @@ def test_heartbeats_and_group_commits_of_one_worker_never_deadlock(
     assert ledger.state_counts(batch_id)["pending"] == ITEMS
 
 
+def test_workers_sharing_a_budget_never_deadlock(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each group settles one create (a charge row, whose foreign key share-locks the
+    batch row) and reserves budget for the next (which locks the batch row): two
+    workers doing so at once must wait on each other, never deadlock."""
+    batch_id, shares = claimed_batch(ledger, "w1", "w2", budget=10**9)
+    errors: list[BaseException] = []
+
+    def work(worker: str, ids: list[int]) -> None:
+        try:
+            assert ledger.apply([BeginSend(ids[0], batch_id, worker, 5)]) == [True]
+            for sent, following in zip(ids, [*ids[1:], None], strict=True):
+                group: list[Any] = [Created(sent, batch_id, f"p{sent}", 5, 5, keep_claim=True)]
+                if following is not None:
+                    group.append(BeginSend(following, batch_id, worker, 5))
+                ledger.apply(group)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    with caplog.at_level(logging.WARNING):
+        threads = [
+            threading.Thread(target=work, args=(worker, ids))
+            for worker, ids in zip(("w1", "w2"), shares, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not errors, errors
+    assert conflicts(caplog) == [], caplog.text
+    batch = ledger.get_batch_by_id(batch_id)
+    assert (batch.credits_net, batch.credits_reserved) == (5 * ITEMS, 0)
+    assert ledger.state_counts(batch_id)["submitted"] == ITEMS
+
+
 def _admin(url: str) -> psycopg.Connection[Any]:
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     return psycopg.connect(dsn, autocommit=True)
@@ -110,7 +158,7 @@ def test_a_deadlock_with_another_transaction_is_run_again_and_logged_in_one_line
 ) -> None:
     """A foreign transaction that locks the worker's rows out of order: the heartbeat
     loses the deadlock, is run again once the other is done, and says so in one line."""
-    _batch_id, ids = claimed_batch(ledger, "w")
+    _batch_id, [ids] = claimed_batch(ledger)
     first, last = min(ids), max(ids)
     with _admin(postgres_database) as other, _admin(postgres_database) as watcher:
         # The heartbeat's server process, not this one, must find the deadlock.
