@@ -18,6 +18,10 @@
     │   └── ResponseLostError         the request may have been processed; answer lost
     │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
     ├── LedgerError                   the ledger database is unusable
+    │   ├── LedgerBusyError           locked by another process for longer than the busy timeout
+    │   ├── LedgerCorruptError        exit 2: not a SQLite database, or a damaged one
+    │   ├── LedgerReadOnlyError       exit 2: the file or its folder cannot be written
+    │   └── LedgerVersionError        exit 2: a schema revision this batcher does not know
     └── OutputError                   an output file or folder cannot be read or written
         └── NotAnImageError           a downloaded file is not a PNG, JPEG or WebP image
 
@@ -147,7 +151,46 @@ class MalformedResponseError(ResponseLostError):
 
 
 class LedgerError(BatcherError):
-    """The ledger database cannot be opened, migrated or written."""
+    """The ledger database cannot be opened, migrated or written.
+
+    `where` names the ledger: the SQLite file's path, or the URL with any
+    password hidden.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(message)
+
+
+class LedgerBusyError(LedgerError):
+    """Another process held the ledger's write lock for longer than the busy timeout.
+
+    Exit 1: nothing is wrong with the ledger or the settings; try again later.
+    """
+
+
+class LedgerCorruptError(LedgerError):
+    """The ledger file is not a SQLite database, or it is damaged (truncated, overwritten).
+
+    Exit 2: it needs repair (or another --db) before anything can go on. Most
+    damage shows on opening, before anything is sent; the file is left untouched.
+    """
+
+    exit_code = EXIT_INPUT
+
+
+class LedgerReadOnlyError(LedgerError):
+    """The ledger cannot be written: the file, or its folder (SQLite writes its
+    -wal and -shm files beside it), is read-only. Exit 2, like any configuration error."""
+
+    exit_code = EXIT_INPUT
+
+
+class LedgerVersionError(LedgerError):
+    """The ledger's schema is at a revision this batcher cannot migrate from: most
+    often a newer batcher wrote it. Exit 2: nothing is changed."""
+
+    exit_code = EXIT_INPUT
 
 
 class OutputError(BatcherError):

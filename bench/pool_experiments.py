@@ -269,7 +269,7 @@ def _sharded(per_shard: int, policy: str, lean: bool) -> Opener:
 
 
 def _pooled(direct: bool) -> Opener:
-    """batcher.client.pool.PooledTransport, via AsyncClient.post or straight into the transport."""
+    """batcher.client.pool.PooledTransport, through AsyncClient.post or straight into it."""
 
     @contextlib.asynccontextmanager
     async def opener(base_url: str, workers: int) -> AsyncIterator[Create]:

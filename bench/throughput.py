@@ -768,8 +768,7 @@ def resume_probe(db: str, name: str) -> int:
     create, in the same order, each timed. Prints one JSON object."""
     from datetime import timedelta
 
-    from batcher.ledger.models import utcnow
-    from batcher.ledger.store import Ledger
+    from batcher.ledger import Ledger, utcnow
     from batcher.run import prepare as service
     from batcher.run.liveness import LEASE_S, is_dead, new_worker
 

@@ -117,7 +117,7 @@ class Databases:
 def prepare(db_url: str, job: Path) -> tuple[str, int]:
     """What `batcher run` does before sending: migrations, the batch, its items."""
     from batcher.jobfile.catalog import load_catalog
-    from batcher.ledger.store import Ledger
+    from batcher.ledger import Ledger
     from batcher.run import prepare as service
 
     catalog = load_catalog()
@@ -375,8 +375,7 @@ class Drain:
 
 def drain(db_url: str, job: Path, page: int, group: int) -> Drain:
     """Claim every item of a fresh batch page by page; BeginSend then Created per group."""
-    from batcher.ledger.models import utcnow
-    from batcher.ledger.store import BeginSend, Created, Ledger
+    from batcher.ledger import BeginSend, Created, Ledger, utcnow
     from batcher.run.liveness import LEASE_S, new_worker
 
     _, batch_id = prepare(db_url, job)

@@ -86,7 +86,7 @@ def postgres_url(database: str) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
-    from batcher.ledger.store import Ledger
+    from batcher.ledger import Ledger
 
     admin = _postgres_admin()
     with admin:

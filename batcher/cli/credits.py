@@ -18,8 +18,7 @@ from batcher.cli.options import base_url_option, db_option
 from batcher.client import retry
 from batcher.client.magic_hour import Account, MagicHourClient
 from batcher.errors import EXIT_FAILURE, EXIT_OK, BatcherError
-from batcher.ledger.audit_queries import GROUP_KEYS
-from batcher.ledger.store import Ledger, display_url
+from batcher.ledger import GROUP_KEYS, Ledger, display_url
 from batcher.reports import audit
 from batcher.reports.reconcile import ReconcileReport, excerpt, reconcile, reconcile_json
 from batcher.run import prepare as service

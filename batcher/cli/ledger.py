@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from batcher.cli.options import db_option
-from batcher.ledger.store import STATES, Ledger, display_url
+from batcher.ledger import STATES, Ledger, display_url
 from batcher.reports import status as reports
 from batcher.settings import database_url
 from batcher.terminal import console as output

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from batcher.cli.options import db_option
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 from batcher.settings import database_url
 from batcher.terminal import console as output
 

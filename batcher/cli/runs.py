@@ -17,7 +17,7 @@ from batcher.cli.options import requeue_options, run_options
 from batcher.client.magic_hour import MagicHourClient
 from batcher.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from batcher.jobfile.catalog import Catalog, load_catalog
-from batcher.ledger.store import BatchRecord, Ledger, display_url
+from batcher.ledger import BatchRecord, Ledger, display_url
 from batcher.run import prepare as service
 from batcher.run.batch_run import STOP_INTERRUPTED, BatchRun, RunOptions, RunResult
 from batcher.settings import ApiConfig, database_url

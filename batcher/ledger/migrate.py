@@ -10,6 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine
 
 import batcher
@@ -79,3 +80,11 @@ def _migrating(engine: Engine) -> Iterator[Connection]:
                 connection.connection.dbapi_connection.execute(  # type: ignore[union-attr]
                     "PRAGMA foreign_keys=ON"
                 )
+
+
+def is_known(revision: str) -> bool:
+    """Whether this installation has the migration script of `revision`."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False

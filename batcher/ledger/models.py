@@ -1,7 +1,7 @@
 """The ledger schema, as SQLAlchemy typed ORM models.
 
 Only batcher/ledger/ touches these; the rest of the program gets value
-objects from `batcher.ledger.store`. Every change to this file needs an Alembic
+objects from `batcher.ledger`. Every change to this file needs an Alembic
 revision in migrations/ (a test runs `alembic check` against it).
 """
 

@@ -1,7 +1,7 @@
 """The ledger's queries for the morning review: decisions on images, and what
 the gallery needs beside the items (credits per item, reruns).
 
-Functions over a `Ledger`, returning values; the facade may fold them in.
+Functions over the ledger's `Database`, returning values; `Ledger` exposes them.
 Decisions are append-only rows of `reviews`: the latest one per (item,
 image) is in force, and a "clear" is recorded like the others, so an image
 whose latest row is "clear" has no decision.
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, cast, get_args
 
-from sqlalchemy import Select, Table, func, insert, select, update
+from sqlalchemy import Connection, Select, Table, func, insert, select, update
 
 from batcher.errors import ReviewError
-from batcher.ledger.models import CreditEvent, Item, Review, utcnow
-from batcher.ledger.store import Ledger
+from batcher.ledger.models import CreditEvent, Item, Review
+from batcher.ledger.transactions import Database
 
 ITEMS = cast(Table, Item.__table__)
 REVIEWS = cast(Table, Review.__table__)
@@ -76,7 +76,7 @@ class ReviewedImage:
 
 
 def record_review(
-    ledger: Ledger,
+    db: Database,
     batch_id: int,
     item_key: str,
     image: int,
@@ -95,8 +95,9 @@ def record_review(
         raise ReviewError(f"unknown verdict {verdict!r} (expected pick, reject or clear)")
     if note is not None:
         note = note.strip()[:NOTE_LENGTH] or None
-    at = now or utcnow()
-    with ledger.transaction() as conn:
+    at = now or db.clock()
+
+    def work(conn: Connection) -> None:
         row = conn.execute(
             select(ITEMS.c.id, ITEMS.c.image_count).where(
                 ITEMS.c.batch_id == batch_id, ITEMS.c.key == item_key
@@ -116,6 +117,8 @@ def record_review(
                 created_at=at,
             )
         )
+
+    db.write(work)
     if verdict == "clear":
         return None
     return ReviewRecord(item_key, image, verdict, note, at)
@@ -134,10 +137,9 @@ def _latest(batch_id: int) -> Select[Any]:
     )
 
 
-def latest_reviews(ledger: Ledger, batch_id: int) -> dict[tuple[str, int], ReviewRecord]:
+def latest_reviews(db: Database, batch_id: int) -> dict[tuple[str, int], ReviewRecord]:
     """The decisions in force in a batch, by (item key, image index)."""
-    with ledger.transaction() as conn:
-        rows = conn.execute(_latest(batch_id)).all()
+    rows = db.read(lambda conn: conn.execute(_latest(batch_id)).all())
     return {
         (row.item_key, row.image): ReviewRecord(
             row.item_key, row.image, row.verdict, row.note, row.created_at
@@ -146,16 +148,16 @@ def latest_reviews(ledger: Ledger, batch_id: int) -> dict[tuple[str, int], Revie
     }
 
 
-def review_counts(ledger: Ledger, batch_id: int) -> ReviewCounts:
+def review_counts(db: Database, batch_id: int) -> ReviewCounts:
     """Images picked and rejected (decisions in force), for `status`."""
     counts = {"pick": 0, "reject": 0}
-    for review in latest_reviews(ledger, batch_id).values():
+    for review in latest_reviews(db, batch_id).values():
         counts[review.verdict] += 1
     return ReviewCounts(picked=counts["pick"], rejected=counts["reject"])
 
 
 def reviewed_images(
-    ledger: Ledger, batch_id: int, *, verdict: str | None = None
+    db: Database, batch_id: int, *, verdict: str | None = None
 ) -> list[ReviewedImage]:
     """The decisions in force with their items, in job order (`review --export`,
     and what `rerun --rejected` reruns with verdict="reject")."""
@@ -180,8 +182,7 @@ def reviewed_images(
     )
     if verdict is not None:
         query = query.where(latest.c.verdict == verdict)
-    with ledger.transaction() as conn:
-        rows = conn.execute(query).all()
+    rows = db.read(lambda conn: conn.execute(query).all())
     result = []
     for row in rows:
         files = row.files
@@ -207,7 +208,7 @@ def reviewed_images(
     return result
 
 
-def item_credits(ledger: Ledger, batch_id: int) -> dict[str, ItemCredits]:
+def item_credits(db: Database, batch_id: int) -> dict[str, ItemCredits]:
     """Credits charged and refunded per item key, summed over all its projects
     (a re-created render is a second project of the same item)."""
     query = (
@@ -217,13 +218,12 @@ def item_credits(ledger: Ledger, batch_id: int) -> dict[str, ItemCredits]:
         .group_by(ITEMS.c.key, CREDITS.c.kind)
     )
     sums: dict[str, list[int]] = {}
-    with ledger.transaction() as conn:
-        for key, kind, total in conn.execute(query):
-            sums.setdefault(key, [0, 0])[0 if kind == "charge" else 1] = int(total)
+    for key, kind, total in db.read(lambda conn: conn.execute(query).all()):
+        sums.setdefault(key, [0, 0])[0 if kind == "charge" else 1] = int(total)
     return {key: ItemCredits(charged, refunded) for key, (charged, refunded) in sums.items()}
 
 
-def redo_links(ledger: Ledger, batch_id: int) -> dict[str, str]:
+def redo_links(db: Database, batch_id: int) -> dict[str, str]:
     """Reruns in a batch: the new item's key -> the key of the item it redoes."""
     old = ITEMS.alias("old")
     query = (
@@ -231,14 +231,17 @@ def redo_links(ledger: Ledger, batch_id: int) -> dict[str, str]:
         .join(old, old.c.id == ITEMS.c.redo_of_item_id)
         .where(ITEMS.c.batch_id == batch_id)
     )
-    with ledger.transaction() as conn:
-        return {str(row[0]): str(row[1]) for row in conn.execute(query)}
+    rows = db.read(lambda conn: conn.execute(query).all())
+    return {str(row[0]): str(row[1]) for row in rows}
 
 
-def set_redo_of(ledger: Ledger, links: Mapping[int, int]) -> None:
+def set_redo_of(db: Database, links: Mapping[int, int]) -> None:
     """Record that each item (id) redoes another (id): what `rerun` writes."""
     if not links:
         return
-    with ledger.transaction() as conn:
+
+    def work(conn: Connection) -> None:
         for item_id, old_id in links.items():
             conn.execute(update(ITEMS).where(ITEMS.c.id == item_id).values(redo_of_item_id=old_id))
+
+    db.write(work)

@@ -17,7 +17,8 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from batcher.errors import LedgerError
-from batcher.ledger.store import Ledger, LedgerOp
+from batcher.ledger.facade import Ledger
+from batcher.ledger.values import LedgerOp
 
 MAX_GROUP = 512
 

@@ -21,7 +21,7 @@ day and its refund on the next; figures add up across days and windows.
 Items in doubt (state ``unconfirmed``: sent, answer lost) may or may not have
 been charged; no credit row exists for them, so the report counts them apart.
 
-Pure report logic: `build_audit` asks `batcher.ledger.audit_queries` for
+Pure report logic: `build_audit` asks the ledger (`Ledger.credit_snapshot`) for
 the numbers; everything else here turns values into JSON, CSV, a Rich table or
 a chart file.
 """
@@ -40,9 +40,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batcher.errors import ConfigError
-from batcher.ledger import audit_queries
-from batcher.ledger.audit_queries import GROUP_KEYS, CreditGroup, CreditWindow, GroupValue
-from batcher.ledger.store import Ledger
+from batcher.ledger import GROUP_KEYS, CreditGroup, CreditWindow, GroupValue, Ledger
 from batcher.run.prepare import find_batch
 
 DEFAULT_GROUP_BY: Final = ("batch",)
@@ -199,7 +197,7 @@ def build_audit(ledger: Ledger, query: AuditQuery, *, chart: bool = False) -> Au
     groupings: list[tuple[str, ...]] = [query.group_by, ()]
     if chart:
         groupings.append(CHART_GROUPING)
-    snapshot = audit_queries.credit_snapshot(ledger, window, groupings)
+    snapshot = ledger.credit_snapshot(window, groupings)
     groups, (totals,), *rest = snapshot.groupings
     return AuditReport(
         query=query,

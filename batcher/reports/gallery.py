@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from batcher.errors import ConfigError, OutputError
-from batcher.ledger import reviews
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import (
+from batcher.ledger import (
     FAILURE_DOWNLOAD,
     FAILURE_REFUSED,
     FAILURE_RENDER,
     FAILURE_TRANSIENT,
     STATES,
+    ItemCredits,
     ItemRecord,
     Ledger,
 )
+from batcher.ledger.models import utcnow
 from batcher.run.files import MANIFEST, batch_folder
 
 log = logging.getLogger(__name__)
@@ -322,15 +322,15 @@ def gallery_data(
     if batch is None:
         raise ConfigError(f"no batch named {batch_name!r} in the ledger")
     manifest = read_manifest(folder / MANIFEST)
-    credits = reviews.item_credits(ledger, batch.id)
-    redo = reviews.redo_links(ledger, batch.id)
+    credits = ledger.item_credits(batch.id)
+    redo = ledger.redo_links(batch.id)
     decisions: dict[str, dict[int, GalleryReview]] = {}
-    for (key, image), review in reviews.latest_reviews(ledger, batch.id).items():
+    for (key, image), review in ledger.latest_reviews(batch.id).items():
         decisions.setdefault(key, {})[image] = GalleryReview(review.verdict, review.note)
     items = []
     for record in ledger.items(batch.id):
         entry = manifest.get(record.key)
-        spent = credits.get(record.key, reviews.ItemCredits(0, 0))
+        spent = credits.get(record.key, ItemCredits(0, 0))
         settings = record.settings
         manifest_error = entry.get("error") if entry else None
         items.append(

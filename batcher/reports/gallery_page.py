@@ -24,7 +24,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Final
 
-from batcher.ledger.store import STATES
+from batcher.ledger import STATES
 from batcher.reports.gallery import GalleryData
 
 PAGE_SIZE: Final = 60  # cards per page: a screenful or three, quick to build

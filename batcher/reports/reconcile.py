@@ -32,9 +32,7 @@ import anyio.to_thread
 from batcher.client import retry
 from batcher.client.magic_hour import ProjectStatus
 from batcher.errors import ApiError, AuthError, BatcherError, TransportError
-from batcher.ledger import audit_queries
-from batcher.ledger.audit_queries import DoubtfulItem, KnownProject
-from batcher.ledger.store import BatchRecord, Ledger
+from batcher.ledger import BatchRecord, DoubtfulItem, KnownProject, Ledger
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.prepare import find_batch
 
@@ -179,9 +177,7 @@ async def reconcile(
     )
     projects: list[KnownProject] = []
     for batch in chosen:
-        projects.extend(
-            await anyio.to_thread.run_sync(audit_queries.known_projects, ledger, batch.id)
-        )
+        projects.extend(await anyio.to_thread.run_sync(ledger.known_projects, batch.id))
     log.info(
         "polling %d project(s) of %d batch(es)",
         len(projects),
@@ -196,7 +192,7 @@ async def reconcile(
         raise tally.fatal
     # Every selected batch, skipped ones too: their doubtful items are still in doubt.
     batch_ids = [batch.id for batch in chosen] + [batch.id for batch in skipped]
-    in_doubt = await anyio.to_thread.run_sync(audit_queries.doubtful_items, ledger, batch_ids)
+    in_doubt = await anyio.to_thread.run_sync(ledger.doubtful_items, batch_ids)
     return ReconcileReport(
         batches=tuple(batch.name for batch in chosen),
         projects_polled=tally.polled,

@@ -10,8 +10,7 @@ import json
 from typing import Any, Final
 
 from batcher.errors import ConfigError
-from batcher.ledger import reviews
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 
 COLUMNS: Final = (
     "key",
@@ -48,7 +47,7 @@ def export_rows(ledger: Ledger, batch_name: str) -> list[dict[str, Any]]:
             "project_id": row.project_id,
             "file": row.file,
         }
-        for row in reviews.reviewed_images(ledger, batch.id)
+        for row in ledger.reviewed_images(batch.id)
     ]
 
 

@@ -11,8 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from batcher.errors import ConfigError
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import STATES, Ledger
+from batcher.ledger import STATES, Ledger, utcnow
 from batcher.run.liveness import LEASE_S
 
 

@@ -36,8 +36,7 @@ from urllib.parse import parse_qs
 import anyio.to_thread
 
 from batcher.errors import BatcherError, ReviewError
-from batcher.ledger import reviews
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger, ReviewRecord
 from batcher.reports.gallery import gallery_data, with_thumbnails
 from batcher.reports.gallery_page import ReviewMode, render_page
 
@@ -236,9 +235,7 @@ class ReviewApp:
                 await send({"type": "http.response.body", "body": b""})
 
     async def _list(self, send: Send) -> None:
-        found = await anyio.to_thread.run_sync(
-            reviews.latest_reviews, self.target.ledger, self.batch_id
-        )
+        found = await anyio.to_thread.run_sync(self.target.ledger.latest_reviews, self.batch_id)
         await _send_json(
             send,
             200,
@@ -272,9 +269,7 @@ class ReviewApp:
             return
         try:
             decision = await anyio.to_thread.run_sync(
-                lambda: reviews.record_review(
-                    self.target.ledger, self.batch_id, key, image, verdict, note
-                )
+                lambda: self.target.ledger.record_review(self.batch_id, key, image, verdict, note)
             )
         except ReviewError as exc:
             await _send_json(send, 400, {"message": str(exc)})
@@ -284,7 +279,7 @@ class ReviewApp:
         )
 
 
-def _review_json(review: reviews.ReviewRecord) -> dict[str, Any]:
+def _review_json(review: ReviewRecord) -> dict[str, Any]:
     return {
         "key": review.item_key,
         "image": review.image,

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from batcher.ledger.store import BatchRecord, ItemRecord, Ledger
-from batcher.ledger.writer import LedgerWriter
+from batcher.ledger import BatchRecord, ItemRecord, Ledger, LedgerWriter
 from batcher.run.feeder import Feeder
 from batcher.run.files import Manifest, batch_folder, prepare_folder
 from batcher.run.follower import Follower

@@ -19,8 +19,8 @@ from typing import Final
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from batcher.ledger import BatchRecord, ItemRecord, Ledger, WorkerRecord
 from batcher.ledger.models import utcnow
-from batcher.ledger.store import BatchRecord, ItemRecord, Ledger, WorkerRecord
 from batcher.run.follower import Follower
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.liveness import is_dead

@@ -41,7 +41,7 @@ from batcher.errors import (
     OutputError,
     TransportError,
 )
-from batcher.ledger.store import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
+from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
 from batcher.run.files import image_name
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.pacing import PollPlanner, RenderGate

@@ -8,8 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import WorkerRecord
+from batcher.ledger import WorkerRecord, utcnow
 
 # A worker beats every HEARTBEAT_S and its claims expire after LEASE_S without
 # one: several missed beats, so a slow but live worker never loses its items.

@@ -25,7 +25,7 @@ from batcher.errors import (
 from batcher.jobfile import JobSpec, collect_jobs
 from batcher.jobfile.catalog import Catalog
 from batcher.jobfile.items import ItemSettings, JobItem, project_name
-from batcher.ledger.store import BatchRecord, Ledger, RequeueCounts, SyncResult
+from batcher.ledger import BatchRecord, Ledger, RequeueCounts, SyncResult
 from batcher.run.batch_run import BatchRun, RunOptions
 from batcher.settings import API_KEY_ENV, ApiConfig
 

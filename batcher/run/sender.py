@@ -39,7 +39,7 @@ from batcher.errors import (
     ResponseLostError,
     TransportError,
 )
-from batcher.ledger.store import (
+from batcher.ledger import (
     FAILURE_REFUSED,
     FAILURE_TRANSIENT,
     BatchRecord,

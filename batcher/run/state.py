@@ -32,8 +32,7 @@ import anyio.to_thread
 
 from batcher.client.magic_hour import CreatedProject, ProjectStatus
 from batcher.errors import AuthError, OutputError
-from batcher.ledger.store import ItemRecord, ReleaseClaims
-from batcher.ledger.writer import LedgerWriter
+from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
 
 log = logging.getLogger(__name__)

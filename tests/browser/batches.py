@@ -13,8 +13,7 @@ from typing import Any
 
 import yaml
 
-from batcher.ledger import reviews
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 from batcher.sandbox import SandboxConfig, running_sandbox
 
 # Stands in for templates (being added to job files): the variables each
@@ -103,8 +102,8 @@ def build_batch(folder: Path, *, name: str = "morning") -> BuiltBatch:
         assert states.count("failed") >= 2 and states.count("unconfirmed") >= 1, states
         old, new = items[PROMPTS[0]["prompt"]], items[REDO_PROMPT]
         assert old.state == new.state == "complete", (old.state, new.state)
-        reviews.record_review(ledger, batch.id, old.key, 0, "reject", "the wheel is bent")
-        reviews.set_redo_of(ledger, {new.id: old.id})
+        ledger.record_review(batch.id, old.key, 0, "reject", "the wheel is bent")
+        ledger.set_redo_of({new.id: old.id})
         ours = {item.project_name for item in items.values()}
     add_variables(out / "manifest.jsonl")
     charged = sum(e.credits_charged for e in journal if e.name in ours)

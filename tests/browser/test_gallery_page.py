@@ -12,7 +12,7 @@ from batches import PROMPTS, REDO_PROMPT, BuiltBatch, batcher
 from conftest import Page
 from PIL import Image
 
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 from batcher.reports.gallery import GalleryData, GalleryFile, GalleryItem
 from batcher.reports.gallery_page import PAGE_SIZE, render_page
 from batcher.run.files import slug

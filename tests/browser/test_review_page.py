@@ -15,8 +15,7 @@ import pytest
 from batches import BuiltBatch, batcher
 from conftest import Page
 
-from batcher.ledger import reviews
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 from batcher.review import ReviewServer, ReviewTarget, running_review
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -62,7 +61,7 @@ def decisions(batch: BuiltBatch) -> dict[tuple[str, int], tuple[str, str | None]
     with Ledger.open(batch.db_url) as ledger:
         found = ledger.get_batch(batch.name)
         assert found is not None
-        latest = reviews.latest_reviews(ledger, found.id)
+        latest = ledger.latest_reviews(found.id)
     return {place: (r.verdict, r.note) for place, r in latest.items()}
 
 

@@ -16,8 +16,7 @@ import yaml
 
 from batcher.client.magic_hour import MagicHourClient
 from batcher.jobfile.catalog import load_catalog
-from batcher.ledger import audit_queries
-from batcher.ledger.store import BatchRecord, Ledger
+from batcher.ledger import BatchRecord, Ledger
 from batcher.run import prepare as service
 from batcher.run.batch_run import BatchRun, ImageApi, RunOptions, RunResult
 from batcher.sandbox import SandboxHandle
@@ -123,7 +122,7 @@ def check_against_journal(
     with Ledger.open(db_url) as ledger:
         [summary] = ledger.batch_summaries()
         items = list(ledger.items(summary.id))
-        known = audit_queries.known_projects(ledger, summary.id)
+        known = ledger.known_projects(summary.id)
     by_id = {entry["id"]: entry for entry in journal}
     for project in known:
         entry = by_id[project.project_id]

@@ -26,8 +26,7 @@ from batcher.cli import main
 from batcher.client import retry
 from batcher.client.body import create_body
 from batcher.jobfile.items import ItemSettings, JobItem, project_name
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished, SendFailed
+from batcher.ledger import BeginSend, Created, Ledger, RenderFinished, SendFailed, utcnow
 from batcher.sandbox import SandboxHandle
 
 MakeSandbox = Callable[..., SandboxHandle]  # the `make_sandbox` fixture of tests/conftest.py

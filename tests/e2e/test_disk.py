@@ -26,7 +26,7 @@ from e2e_support import (
 )
 
 from batcher.client.magic_hour import CreatedProject, MagicHourClient, ProjectStatus
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 from batcher.run.batch_run import STOP_OUTPUT
 
 MakeBatch = Any

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from e2e_support import Batch, batcher_command, cli_env, prompts
 
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

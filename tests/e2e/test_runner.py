@@ -18,7 +18,7 @@ from PIL import Image
 
 from batcher.client import retry
 from batcher.errors import AuthError, OutputFolderError, PreflightError
-from batcher.ledger.store import FAILURE_TRANSIENT, BatchRecord, Ledger
+from batcher.ledger import FAILURE_TRANSIENT, BatchRecord, Ledger
 from batcher.run import prepare as service
 from batcher.run.batch_run import STOP_BUDGET, STOP_UNREACHABLE
 from batcher.run.liveness import new_worker

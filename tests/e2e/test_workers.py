@@ -27,7 +27,7 @@ from e2e_support import (
     write_job,
 )
 
-from batcher.ledger.store import Ledger
+from batcher.ledger import Ledger
 from batcher.run.batch_run import SENDERS_PER_SLOT
 
 pytestmark = pytest.mark.slow

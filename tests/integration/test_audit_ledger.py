@@ -1,26 +1,26 @@
-"""`batcher audit` over a real SQLite ledger holding a known set of credit rows.
+"""`batcher audit` over a real ledger (a SQLite file, then the real PostgreSQL
+server: the day grouping is dialect-specific SQL) holding a known set of
+credit rows.
 
 The rows are written through the ledger's own operations (open_batch,
-sync_items, claim, apply, record_refund) with the ledger's clock pinned, so
-every row has a known time. Expected figures come from a tiny reference
-computation over the same list of events, and a few are also spelled out.
+sync_items, claim, apply, record_refund) by a ledger opened with a pinned
+clock (`Ledger.open(..., clock=)`), so every row has a known time. Expected
+figures come from a tiny reference computation over the same list of events,
+and a few are also spelled out.
 """
 
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from batcher.errors import ConfigError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import store
-from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished, SendFailed
+from batcher.ledger import BeginSend, Created, Ledger, RenderFinished, SendFailed
 from batcher.reports import audit
 
 
@@ -81,10 +81,8 @@ DOUBTS = ((at("2026-01-05T11:00:00"), A_DOUBT), (at("2026-01-07T08:00:00"), B_DO
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    pinned = Clock()
-    monkeypatch.setattr(store, "utcnow", pinned)
-    return pinned
+def clock() -> Clock:
+    return Clock()
 
 
 def library_name(batch: str, item: JobItem) -> str:
@@ -149,36 +147,10 @@ def build_ledger(ledger: Ledger, clock: Clock) -> None:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh SQLite file, or a fresh PostgreSQL database (param "postgresql")."""
-    if getattr(request, "param", "sqlite") == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    psycopg = pytest.importorskip("psycopg")
-    name = f"batcher_audit_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect("dbname=postgres", autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no local PostgreSQL server: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql+psycopg:///{name}"
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-# The day grouping is dialect-specific SQL: run everything on both engines.
-pytestmark = pytest.mark.parametrize(
-    "database_url",
-    ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-    indirect=True,
-)
-
-
-@pytest.fixture
-def ledger(database_url: str, clock: Clock) -> Iterator[Ledger]:
-    with Ledger.open(database_url) as opened:
+def ledger(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
+    """On SQLite and on PostgreSQL (`ledger_url` of tests/conftest.py: the shared
+    server fixture, which fails instead of skipping under BATCHER_REQUIRE_POSTGRES=1)."""
+    with Ledger.open(ledger_url, clock=clock) as opened:
         build_ledger(opened, clock)
         yield opened
 
@@ -388,8 +360,8 @@ def test_chart_data_is_net_per_day_and_model(ledger: Ledger) -> None:
     }
 
 
-def test_an_empty_ledger_reports_zeros(database_url: str) -> None:
-    with Ledger.open(database_url) as empty:
+def test_an_empty_ledger_reports_zeros(ledger_url: str) -> None:
+    with Ledger.open(ledger_url) as empty:
         report = audit.build_audit(empty, audit.AuditQuery(group_by=("batch", "day")))
     assert report.rows == ()
     assert report.totals.metrics()["credits_net"] == 0

@@ -9,8 +9,7 @@ from datetime import timedelta
 import pytest
 
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import (
+from batcher.ledger import (
     FAILURE_DOWNLOAD,
     FAILURE_REFUSED,
     FAILURE_RENDER,
@@ -22,6 +21,7 @@ from batcher.ledger.store import (
     RenderFinished,
     SendFailed,
     WorkerRecord,
+    utcnow,
 )
 from batcher.run.liveness import is_dead, new_worker
 

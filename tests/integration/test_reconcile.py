@@ -22,9 +22,7 @@ from batcher.client.body import create_body
 from batcher.client.magic_hour import MagicHourClient
 from batcher.errors import AuthError, ConfigError
 from batcher.jobfile.items import ItemSettings, JobItem, project_name
-from batcher.ledger import audit_queries
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished, SendFailed
+from batcher.ledger import BeginSend, Created, Ledger, RenderFinished, SendFailed, utcnow
 from batcher.reports.reconcile import ReconcileReport, reconcile
 from batcher.sandbox import SandboxHandle
 from batcher.settings import ApiConfig
@@ -120,7 +118,7 @@ def wait_for_renders(sandbox: SandboxHandle, timeout: float = 10.0) -> None:
 def ledger_refunds(ledger: Ledger, batch_id: int) -> dict[str, int]:
     return {
         project.project_id: project.refunded
-        for project in audit_queries.known_projects(ledger, batch_id)
+        for project in ledger.known_projects(batch_id)
         if project.refunded
     }
 

@@ -14,9 +14,8 @@ import pytest
 from PIL import Image
 
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import reviews
+from batcher.ledger import BeginSend, Created, Ledger, RenderFinished, ReviewCounts
 from batcher.ledger.models import utcnow
-from batcher.ledger.store import BeginSend, Created, Ledger, RenderFinished
 from batcher.review import ReviewTarget, is_loopback, running_review
 
 SETTINGS = ItemSettings("z-image-turbo", "640px", "1:1", "general", 2)
@@ -73,7 +72,7 @@ def test_a_decision_is_in_the_ledger_when_the_answer_comes(target: ReviewTarget)
         assert answer.json()["review"]["verdict"] == "reject"
         batch = target.ledger.get_batch("b")
         assert batch is not None
-        [review] = reviews.latest_reviews(target.ledger, batch.id).values()
+        [review] = target.ledger.latest_reviews(batch.id).values()
         assert (review.item_key, review.image, review.verdict, review.note) == (
             "key0",
             1,
@@ -132,7 +131,7 @@ def test_writes_must_be_json_and_same_origin(target: ReviewTarget) -> None:
         assert same.status_code == 200
         batch = target.ledger.get_batch("b")
         assert batch is not None
-        assert reviews.review_counts(target.ledger, batch.id) == reviews.ReviewCounts(1, 0)
+        assert target.ledger.review_counts(batch.id) == ReviewCounts(1, 0)
 
 
 def test_on_loopback_the_host_must_be_loopback(target: ReviewTarget) -> None:

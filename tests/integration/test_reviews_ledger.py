@@ -7,20 +7,21 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import create_engine, delete
 
 from batcher.errors import ReviewError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import reviews
-from batcher.ledger.models import utcnow
-from batcher.ledger.store import (
-    ITEMS,
+from batcher.ledger import (
     BeginSend,
     Created,
+    ItemCredits,
     Ledger,
     ReleaseClaims,
     RenderFinished,
+    ReviewCounts,
 )
+from batcher.ledger.engine import configure_sqlite
+from batcher.ledger.models import Item, utcnow
 
 SETTINGS = ItemSettings("z-image-turbo", "640px", "1:1", "general", 2)
 
@@ -63,25 +64,25 @@ def _render(
 
 def test_the_latest_decision_per_image_wins_and_clear_removes_it(ledger: Ledger) -> None:
     batch_id = _batch(ledger)
-    assert reviews.record_review(ledger, batch_id, "b0000", 0, "pick") is not None
-    reviews.record_review(ledger, batch_id, "b0000", 0, "reject", "  hands are wrong ")
-    reviews.record_review(ledger, batch_id, "b0000", 1, "pick")
-    reviews.record_review(ledger, batch_id, "b0001", 0, "reject")
-    assert reviews.record_review(ledger, batch_id, "b0001", 0, "clear") is None
+    assert ledger.record_review(batch_id, "b0000", 0, "pick") is not None
+    ledger.record_review(batch_id, "b0000", 0, "reject", "  hands are wrong ")
+    ledger.record_review(batch_id, "b0000", 1, "pick")
+    ledger.record_review(batch_id, "b0001", 0, "reject")
+    assert ledger.record_review(batch_id, "b0001", 0, "clear") is None
 
-    latest = reviews.latest_reviews(ledger, batch_id)
+    latest = ledger.latest_reviews(batch_id)
     assert set(latest) == {("b0000", 0), ("b0000", 1)}
     assert latest["b0000", 0].verdict == "reject"
     assert latest["b0000", 0].note == "hands are wrong"
-    assert reviews.review_counts(ledger, batch_id) == reviews.ReviewCounts(picked=1, rejected=1)
+    assert ledger.review_counts(batch_id) == ReviewCounts(picked=1, rejected=1)
 
 
 def test_decisions_survive_reopening_the_ledger(ledger_url: str) -> None:
     with Ledger.open(ledger_url) as ledger:
         batch_id = _batch(ledger)
-        reviews.record_review(ledger, batch_id, "b0002", 1, "reject", "blurry")
+        ledger.record_review(batch_id, "b0002", 1, "reject", "blurry")
     with Ledger.open(ledger_url) as again:
-        [review] = reviews.latest_reviews(again, batch_id).values()
+        [review] = again.latest_reviews(batch_id).values()
     assert (review.item_key, review.image, review.verdict, review.note) == (
         "b0002",
         1,
@@ -93,10 +94,10 @@ def test_decisions_survive_reopening_the_ledger(ledger_url: str) -> None:
 def test_decisions_are_per_batch(ledger: Ledger) -> None:
     first = _batch(ledger, name="b")
     second = _batch(ledger, name="c")
-    reviews.record_review(ledger, first, "b0000", 0, "pick")
-    assert reviews.latest_reviews(ledger, second) == {}
+    ledger.record_review(first, "b0000", 0, "pick")
+    assert ledger.latest_reviews(second) == {}
     with pytest.raises(ReviewError, match="no item"):
-        reviews.record_review(ledger, second, "b0000", 0, "pick")
+        ledger.record_review(second, "b0000", 0, "pick")
 
 
 @pytest.mark.parametrize(
@@ -113,19 +114,19 @@ def test_bad_decisions_are_refused_and_store_nothing(
 ) -> None:
     batch_id = _batch(ledger)
     with pytest.raises(ReviewError, match=message):
-        reviews.record_review(ledger, batch_id, key, image, verdict)
-    assert reviews.latest_reviews(ledger, batch_id) == {}
+        ledger.record_review(batch_id, key, image, verdict)
+    assert ledger.latest_reviews(batch_id) == {}
 
 
 def test_reviewed_images_come_with_their_items_in_job_order(ledger: Ledger) -> None:
     batch_id = _batch(ledger)
     ids = _ids(ledger, batch_id)
     _render(ledger, batch_id, ids["b0001"], "p1", state="complete")
-    reviews.record_review(ledger, batch_id, "b0002", 0, "pick")
-    reviews.record_review(ledger, batch_id, "b0001", 1, "reject", "too dark")
-    reviews.record_review(ledger, batch_id, "b0001", 0, "pick")
+    ledger.record_review(batch_id, "b0002", 0, "pick")
+    ledger.record_review(batch_id, "b0001", 1, "reject", "too dark")
+    ledger.record_review(batch_id, "b0001", 0, "pick")
 
-    rows = reviews.reviewed_images(ledger, batch_id)
+    rows = ledger.reviewed_images(batch_id)
     assert [(r.item_key, r.image, r.verdict) for r in rows] == [
         ("b0001", 0, "pick"),
         ("b0001", 1, "reject"),
@@ -135,7 +136,7 @@ def test_reviewed_images_come_with_their_items_in_job_order(ledger: Ledger) -> N
     assert rows[1].project_id == "p1"
     assert rows[1].note == "too dark"
     assert rows[2].file is None  # never rendered
-    rejected = reviews.reviewed_images(ledger, batch_id, verdict="reject")
+    rejected = ledger.reviewed_images(batch_id, verdict="reject")
     assert [(r.item_key, r.image) for r in rejected] == [("b0001", 1)]
 
 
@@ -146,21 +147,25 @@ def test_item_credits_sum_every_project_of_an_item(ledger: Ledger) -> None:
     _render(ledger, batch_id, ids["b0000"], "p1", state="pending", refund=10)
     _render(ledger, batch_id, ids["b0000"], "p2", state="complete")
     _render(ledger, batch_id, ids["b0001"], "p3", state="complete")
-    credits = reviews.item_credits(ledger, batch_id)
+    credits = ledger.item_credits(batch_id)
     assert credits == {
-        "b0000": reviews.ItemCredits(charged=20, refunded=10),
-        "b0001": reviews.ItemCredits(charged=10, refunded=0),
+        "b0000": ItemCredits(charged=20, refunded=10),
+        "b0001": ItemCredits(charged=10, refunded=0),
     }
     assert credits["b0000"].net == 10
 
 
-def test_a_rerun_points_at_the_item_it_redoes(ledger: Ledger) -> None:
+def test_a_rerun_points_at_the_item_it_redoes(ledger: Ledger, ledger_url: str) -> None:
     batch_id = _batch(ledger, 3)
     ids = _ids(ledger, batch_id)
-    reviews.set_redo_of(ledger, {ids["b0002"]: ids["b0000"]})
-    assert reviews.redo_links(ledger, batch_id) == {"b0002": "b0000"}
+    ledger.set_redo_of({ids["b0002"]: ids["b0000"]})
+    assert ledger.redo_links(batch_id) == {"b0002": "b0000"}
     # Deleting the old item keeps the rerun (the link is set to NULL, not cascaded).
-    with ledger.transaction() as conn:
-        conn.execute(delete(ITEMS).where(ITEMS.c.id == ids["b0000"]))
-    assert reviews.redo_links(ledger, batch_id) == {}
+    engine = create_engine(ledger_url)
+    if engine.dialect.name == "sqlite":
+        configure_sqlite(engine, busy_timeout_s=5)  # foreign keys on, as the ledger has them
+    with engine.begin() as conn:
+        conn.execute(delete(Item).where(Item.id == ids["b0000"]))
+    engine.dispose()
+    assert ledger.redo_links(batch_id) == {}
     assert "b0002" in _ids(ledger, batch_id)

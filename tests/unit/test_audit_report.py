@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from batcher.errors import ConfigError
-from batcher.ledger.audit_queries import CreditGroup
+from batcher.ledger import CreditGroup
 from batcher.reports import audit
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from batcher.errors import ConfigError
 from batcher.jobfile.items import ItemSettings
-from batcher.ledger.store import ItemRecord
+from batcher.ledger import ItemRecord
 from batcher.reports import thumbnails
 from batcher.reports.gallery import (
     GalleryData,

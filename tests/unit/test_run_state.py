@@ -12,8 +12,7 @@ import pytest
 
 from batcher.errors import AuthError
 from batcher.jobfile.items import ItemSettings
-from batcher.ledger.store import ItemRecord, Ledger
-from batcher.ledger.writer import LedgerWriter
+from batcher.ledger import ItemRecord, Ledger, LedgerWriter
 from batcher.run.files import Manifest
 from batcher.run.state import STOP_AUTH, STOP_BUDGET, STOP_INTERRUPTED, RunState
 

@@ -1,8 +1,9 @@
-"""The SQL behind `batcher audit` and `batcher reconcile`.
+"""Credit rows: refunds found after the fact, and the queries behind `status`,
+`audit` and `reconcile`.
 
-Kept in batcher/ledger/ with the rest of the SQL: callers pass a `Ledger` and
-get value objects back. Every credit figure is a sum of the append-only
-`credit_events` rows, never of the cached counters on `batches`.
+Every credit figure is a sum of the append-only `credit_events` rows, never of
+the cached counters on `batches`. All of these are read transactions, so a
+report never waits on a run that is writing.
 
 How a credit row counts, so that figures add up across groups and windows:
 each row falls in the group of its own item (batch, model, resolution) and
@@ -14,12 +15,12 @@ and, when the project has no refund row at all, `images`; refunds add to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Row,
     Select,
     and_,
@@ -31,88 +32,88 @@ from sqlalchemy import (
     select,
 )
 
-from batcher.ledger.store import BATCHES, CREDITS, ITEMS, Ledger
+from batcher.ledger.tables import BATCHES, CREDITS, ITEMS
+from batcher.ledger.transactions import Database
+from batcher.ledger.values import (
+    GROUP_KEYS,
+    CreditGroup,
+    CreditSnapshot,
+    CreditWindow,
+    DoubtfulItem,
+    GroupValue,
+    KnownProject,
+)
+from batcher.ledger.writes import Deltas, apply_deltas, credit_row, insert_credits
 
-# The keys a credit report can be grouped by, in their documented order.
-GROUP_KEYS: Final = ("batch", "model", "day", "resolution")
-
-GroupValue = str | date | None
-
-
-@dataclass(frozen=True, slots=True)
-class CreditWindow:
-    """Which credit rows a report covers: `since` inclusive, `until` exclusive (aware, UTC)."""
-
-    since: datetime | None = None
-    until: datetime | None = None
-    batch_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CreditGroup:
-    """The credit rows of one group. `keys` follow the order the report asked for."""
-
-    keys: tuple[GroupValue, ...]
-    credits_charged: int
-    credits_refunded: int
-    images: int  # image_count of the group's charged projects that have no refund row
-    items: int  # distinct items with a charge row in the group
-    failures: int  # refund rows in the group: renders that failed
+CHUNK = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class KnownProject:
-    """A project the ledger saw created (it has a charge row), with what it recorded."""
+def record_refund(db: Database, batch_id: int, item_id: int, project_id: str, credits: int) -> bool:
+    """A refund found after the fact (reconcile). False if it was already recorded."""
+    if credits <= 0:
+        return False
 
-    batch_id: int
-    batch: str
-    item_id: int
-    item_key: str
-    project_id: str
-    charged: int
-    refunded: int  # 0 when no refund row exists
+    def work(conn: Connection) -> bool:
+        now = db.clock()
+        row = credit_row(batch_id, item_id, "refund", credits, project_id, now)
+        if not insert_credits(db, conn, [row]):
+            return False
+        deltas = Deltas()
+        deltas.net[batch_id] -= credits
+        apply_deltas(conn, deltas, now)
+        return True
 
-
-@dataclass(frozen=True, slots=True)
-class DoubtfulItem:
-    """An item sent whose answer was lost: it may or may not have been charged."""
-
-    batch: str
-    key: str
-    project_name: str  # the `name` it was sent with: search for it in the web library
-    prompt: str
-    model: str
-    attempts: int
-    sent_at: datetime | None
+    return db.write(work)
 
 
-@dataclass(frozen=True, slots=True)
-class CreditSnapshot:
-    """Several groupings of the same credit rows, and the items in doubt, read together."""
+def project_charges(db: Database, project_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(charged, refunded) per project id."""
 
-    groupings: tuple[tuple[CreditGroup, ...], ...]  # one per grouping asked, in that order
-    items_in_doubt: int
+    def work(conn: Connection) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        for start in range(0, len(project_ids), CHUNK):
+            chunk = list(project_ids[start : start + CHUNK])
+            for project_id, kind, credits in conn.execute(
+                select(CREDITS.c.project_id, CREDITS.c.kind, CREDITS.c.credits).where(
+                    CREDITS.c.project_id.in_(chunk)
+                )
+            ):
+                entry = found.setdefault(project_id, [0, 0])
+                entry[0 if kind == "charge" else 1] += int(credits)
+        return found
+
+    return {pid: (charged, refunded) for pid, (charged, refunded) in db.read(work).items()}
+
+
+def observed_charges(db: Database, batch_id: int) -> dict[tuple[str, str | None, int], int]:
+    """The highest charge seen per (model, resolution, image_count) in this batch."""
+    query = (
+        select(ITEMS.c.model, ITEMS.c.resolution, ITEMS.c.image_count, func.max(CREDITS.c.credits))
+        .select_from(CREDITS.join(ITEMS, ITEMS.c.id == CREDITS.c.item_id))
+        .where(CREDITS.c.batch_id == batch_id, CREDITS.c.kind == "charge")
+        .group_by(ITEMS.c.model, ITEMS.c.resolution, ITEMS.c.image_count)
+    )
+    rows = db.read(lambda conn: conn.execute(query).all())
+    return {(m, r, int(n)): int(c) for m, r, n, c in rows}
 
 
 def credit_snapshot(
-    ledger: Ledger, window: CreditWindow, groupings: Sequence[Sequence[str]]
+    db: Database, window: CreditWindow, groupings: Sequence[Sequence[str]]
 ) -> CreditSnapshot:
-    """Every grouping in one read-only transaction, so that rows and totals agree even
-    while a run is writing. An empty grouping gives one row of totals (zeros when empty)."""
+    """Every grouping in one read transaction (one snapshot), so that rows and totals
+    agree even while a run is writing. An empty grouping gives one row of totals
+    (zeros when empty)."""
     for group_by in groupings:
         unknown = [key for key in group_by if key not in GROUP_KEYS]
         if unknown:
             raise ValueError(f"unknown group keys: {unknown}")
-    queries = [_credit_query(ledger.dialect, window, group_by) for group_by in groupings]
-    # Reads go through the ledger's own transactions (same package), so database
-    # errors become LedgerError exactly as for every other ledger call. SQLite's
-    # transaction already holds the write lock (BEGIN IMMEDIATE); PostgreSQL needs
-    # REPEATABLE READ for its statements to share one snapshot.
-    with ledger.transaction() as conn:
-        if ledger.dialect == "postgresql":
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        results = [conn.execute(query).all() for query in queries]
-        in_doubt = int(conn.scalar(_in_doubt_query(window)) or 0)
+    queries = [_credit_query(db.dialect, window, group_by) for group_by in groupings]
+
+    def work(conn: Connection) -> tuple[list[list[Row[Any]]], int]:
+        results = [list(conn.execute(query).all()) for query in queries]
+        return results, int(conn.scalar(_in_doubt_query(window)) or 0)
+
+    results, in_doubt = db.read(work)
     return CreditSnapshot(
         groupings=tuple(
             tuple(_credit_group(group_by, row) for row in rows)
@@ -180,7 +181,7 @@ def _in_doubt_query(window: CreditWindow) -> Select[Any]:
     return select(func.count()).select_from(ITEMS).where(*clauses)
 
 
-def known_projects(ledger: Ledger, batch_id: int) -> list[KnownProject]:
+def known_projects(db: Database, batch_id: int) -> list[KnownProject]:
     """Every project with a charge row in the batch, with its refund if recorded, in order."""
     refunds = CREDITS.alias("refunds")
     query = (
@@ -204,8 +205,7 @@ def known_projects(ledger: Ledger, batch_id: int) -> list[KnownProject]:
         .where(CREDITS.c.batch_id == batch_id, CREDITS.c.kind == "charge")
         .order_by(CREDITS.c.id)
     )
-    with ledger.transaction() as conn:
-        rows = conn.execute(query).all()
+    rows = db.read(lambda conn: conn.execute(query).all())
     return [
         KnownProject(
             batch_id=int(row[0]),
@@ -220,7 +220,7 @@ def known_projects(ledger: Ledger, batch_id: int) -> list[KnownProject]:
     ]
 
 
-def doubtful_items(ledger: Ledger, batch_ids: Sequence[int]) -> list[DoubtfulItem]:
+def doubtful_items(db: Database, batch_ids: Sequence[int]) -> list[DoubtfulItem]:
     """Every unconfirmed item of these batches, in batch and job order."""
     if not batch_ids:
         return []
@@ -238,8 +238,7 @@ def doubtful_items(ledger: Ledger, batch_ids: Sequence[int]) -> list[DoubtfulIte
         .where(ITEMS.c.batch_id.in_(list(batch_ids)), ITEMS.c.state == "unconfirmed")
         .order_by(ITEMS.c.batch_id, ITEMS.c.ordinal)
     )
-    with ledger.transaction() as conn:
-        rows = conn.execute(query).all()
+    rows = db.read(lambda conn: conn.execute(query).all())
     return [
         DoubtfulItem(
             batch=row.name,

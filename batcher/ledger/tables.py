@@ -1,0 +1,49 @@
+"""The schema's tables as SQLAlchemy Core handles, and the one lock order.
+
+The ledger's queries are Core statements (several are built once and reused
+with executemany); the ORM classes in `models` only declare the schema.
+
+Lock order (PostgreSQL): a transaction that updates several item rows locks
+them first, in ascending id, with `lock_items`; only then the batch row. A
+worker's heartbeat and its own group commit touch the same items, and two
+transactions that take row locks in one order cannot deadlock. (SQLite has one
+writer at a time: nothing to order.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, bindparam, select
+
+from batcher.ledger.models import Batch, CreditEvent, Item, Worker
+
+BATCHES = cast(Table, Batch.__table__)
+ITEMS = cast(Table, Item.__table__)
+CREDITS = cast(Table, CreditEvent.__table__)
+WORKERS = cast(Table, Worker.__table__)
+
+# Item states in which a worker's claim means something (a lease to keep alive).
+HELD_STATES = ("pending", "sending", "submitted")
+
+# FOR NO KEY UPDATE: the lock an UPDATE of non-key columns takes anyway, so it
+# does not block the KEY SHARE locks that inserting credit rows (foreign keys)
+# takes on the same items.
+_LOCK_BY_ID = (
+    select(ITEMS.c.id)
+    .where(ITEMS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(ITEMS.c.id)
+    .with_for_update(key_share=True)
+)
+
+
+def lock_items(conn: Connection, ids: list[int]) -> None:
+    """Lock these item rows in id order (PostgreSQL)."""
+    if ids:
+        conn.execute(_LOCK_BY_ID, {"ids": sorted(set(ids))})
+
+
+def lock_items_where(conn: Connection, *where: Any) -> list[int]:
+    """Lock the item rows matching `where` in id order (PostgreSQL); their ids."""
+    query = select(ITEMS.c.id).where(*where).order_by(ITEMS.c.id)
+    return list(conn.scalars(query.with_for_update(key_share=True)))

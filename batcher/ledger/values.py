@@ -1,0 +1,260 @@
+"""What the ledger hands out and takes in: frozen value objects, no ORM rows.
+
+Records (`BatchRecord`, `ItemRecord`, ...) are what queries return. Operations
+(`BeginSend`, `Created`, `SendFailed`, `RenderFinished`, `ReleaseClaims`) are
+the runner's writes: each is one state change of one item, committed before
+its caller goes on; `Ledger.apply` commits a group of them in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Final
+
+from batcher.jobfile.items import ItemSettings
+
+STATES: Final = ("pending", "sending", "unconfirmed", "submitted", "complete", "failed")
+
+# Why a failed item failed; decides what `resume` does with it.
+FAILURE_REFUSED: Final = "refused"  # refused with a 4xx other than 429: needs --retry-failed
+FAILURE_TRANSIENT: Final = "transient"  # 429/5xx/unreachable until retries ran out: resume retries
+FAILURE_RENDER: Final = "render"  # the render failed (refunded): resume re-creates it
+FAILURE_DOWNLOAD: Final = "download"  # rendered but not saved: resume re-polls and downloads
+
+# The keys a credit report can be grouped by, in their documented order.
+GROUP_KEYS: Final = ("batch", "model", "day", "resolution")
+
+GroupValue = str | date | None
+
+
+# --------------------------------------------------------------------------- batches and items
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    id: int
+    name: str
+    job_path: str | None
+    job_hash: str | None
+    settings: Mapping[str, Any]
+    budget: int | None
+    credits_net: int
+    credits_reserved: int
+    shared_rate: float | None
+    shared_concurrency: int | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    id: int
+    batch_id: int
+    key: str
+    ordinal: int
+    prompt: str
+    settings: ItemSettings
+    project_name: str
+    estimate: int
+    estimate_exact: bool
+    state: str
+    failure: str | None
+    attempts: int
+    render_failures: int
+    project_id: str | None
+    credits_reserved: int
+    error_status: int | None
+    error_message: str | None
+    files: tuple[str, ...]
+    source_path: str | None
+    source_line: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    added: int
+    kept: int
+    dropped: int  # never-sent items no longer in the job file
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueCounts:
+    retried: int = 0  # failed items made pending again
+    repoll: int = 0  # download failures made submitted again
+    resend: int = 0  # unconfirmed items the user asked to re-send
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    id: int
+    name: str
+    items: int
+    states: Mapping[str, int]
+    credits_charged: int
+    credits_refunded: int
+    budget: int | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def credits_net(self) -> int:
+        return self.credits_charged - self.credits_refunded
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """Pending items that share a model, resolution and image count."""
+
+    settings: ItemSettings
+    items: int
+    estimate: int  # sum of the items' estimates
+    samples: tuple[str, ...]  # a few of them, as "FILE:LINE: prompt"
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    id: str
+    batch_id: int
+    host: str
+    pid: int
+    pid_start: int | None
+    in_flight: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryCounts:
+    unconfirmed: int  # items a dead worker was sending: in doubt now
+    released: int  # items a dead worker had claimed: free again
+    dead_workers: int
+
+
+# --------------------------------------------------------------------------- credits
+
+
+@dataclass(frozen=True, slots=True)
+class CreditWindow:
+    """Which credit rows a report covers: `since` inclusive, `until` exclusive (aware, UTC)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    batch_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreditGroup:
+    """The credit rows of one group. `keys` follow the order the report asked for."""
+
+    keys: tuple[GroupValue, ...]
+    credits_charged: int
+    credits_refunded: int
+    images: int  # image_count of the group's charged projects that have no refund row
+    items: int  # distinct items with a charge row in the group
+    failures: int  # refund rows in the group: renders that failed
+
+
+@dataclass(frozen=True, slots=True)
+class CreditSnapshot:
+    """Several groupings of the same credit rows, and the items in doubt, read together."""
+
+    groupings: tuple[tuple[CreditGroup, ...], ...]  # one per grouping asked, in that order
+    items_in_doubt: int
+
+
+@dataclass(frozen=True, slots=True)
+class KnownProject:
+    """A project the ledger saw created (it has a charge row), with what it recorded."""
+
+    batch_id: int
+    batch: str
+    item_id: int
+    item_key: str
+    project_id: str
+    charged: int
+    refunded: int  # 0 when no refund row exists
+
+
+@dataclass(frozen=True, slots=True)
+class DoubtfulItem:
+    """An item sent whose answer was lost: it may or may not have been charged."""
+
+    batch: str
+    key: str
+    project_name: str  # the `name` it was sent with: search for it in the web library
+    prompt: str
+    model: str
+    attempts: int
+    sent_at: datetime | None
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True, slots=True)
+class BeginSend:
+    """Intent: the item is about to be sent. Reserves budget; refused when it does not fit."""
+
+    item_id: int
+    batch_id: int
+    worker_id: str
+    reserve: int  # credits to hold against the budget until the answer settles them
+    budgeted: bool = True  # False: the batch has no budget, skip the check
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The API accepted the create: the project id is known and the charge recorded."""
+
+    item_id: int
+    batch_id: int
+    project_id: str
+    credits_charged: int
+    reserved: int
+    keep_claim: bool  # False with --no-wait: nobody follows the render in this run
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """No project id came back. `state` says what that means for the item."""
+
+    item_id: int
+    batch_id: int
+    state: str  # "pending" (surely not created, will retry), "failed", or "unconfirmed"
+    reserved: int
+    failure: str | None = None
+    status: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderFinished:
+    """A followed render ended: complete (with files), failed, or requeued for another try."""
+
+    item_id: int
+    batch_id: int
+    project_id: str
+    state: str  # "complete", "failed", "pending" (re-create) or "submitted" (still to save)
+    refund: int = 0
+    failure: str | None = None
+    code: str | None = None
+    message: str | None = None
+    files: tuple[str, ...] | None = None
+    count_render_failure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseClaims:
+    """The worker gives items back untouched (stopping, or budget exhausted)."""
+
+    item_ids: tuple[int, ...]
+
+
+LedgerOp = BeginSend | Created | SendFailed | RenderFinished | ReleaseClaims

@@ -1,0 +1,391 @@
+"""The runner's writes: a group of operations committed in one transaction.
+
+Each operation (`BeginSend`, `Created`, ...) is one state change of one item,
+committed before its caller goes on (intent before the call, outcome after
+it); `writer.LedgerWriter` gathers the operations of many tasks into groups,
+and `apply` commits a group with one executemany per kind of statement. The
+statements are built once: SQLAlchemy then reuses their compiled form, where
+a statement built per call would be keyed and looked up (or compiled) every
+time. That is what makes a durable ledger as fast as no ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.sql.elements import BindParameter
+
+from batcher.errors import LedgerError
+from batcher.ledger.models import UTCDateTime
+from batcher.ledger.tables import BATCHES, CREDITS, ITEMS, lock_items
+from batcher.ledger.transactions import Database
+from batcher.ledger.values import (
+    BeginSend,
+    Created,
+    LedgerOp,
+    ReleaseClaims,
+    RenderFinished,
+    SendFailed,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deltas:
+    """Per-batch changes to the budget counters accumulated over one transaction."""
+
+    net: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    reserved: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+
+# --------------------------------------------------------------------------- statements
+
+_NOW: BindParameter[datetime] = bindparam("now", type_=UTCDateTime())
+
+_BEGIN_SEND = (
+    update(ITEMS)
+    .where(
+        ITEMS.c.id == bindparam("item_id"),
+        ITEMS.c.state == "pending",
+        ITEMS.c.worker_id == bindparam("worker"),
+    )
+    .values(
+        state="sending",
+        attempts=ITEMS.c.attempts + 1,
+        credits_reserved=bindparam("reserve"),
+        sent_at=_NOW,
+        updated_at=_NOW,
+    )
+)
+
+_SENT_NOW = select(ITEMS.c.id).where(
+    ITEMS.c.id.in_(bindparam("item_ids", expanding=True)),
+    ITEMS.c.state == "sending",
+    ITEMS.c.sent_at == _NOW,
+)
+
+_CREATED = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("item_id"))
+    .values(
+        state="submitted",
+        project_id=bindparam("project_id"),
+        credits_reserved=0,
+        failure=None,
+        error_status=None,
+        error_code=None,
+        error_message=None,
+        submitted_at=_NOW,
+        updated_at=_NOW,
+    )
+)
+_CREATED_RELEASED = _CREATED.values(worker_id=None, lease_expires_at=None)
+
+_SEND_FAILED = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("item_id"))
+    .values(
+        state=bindparam("state"),
+        failure=bindparam("failure"),
+        error_status=bindparam("status"),
+        error_message=bindparam("message"),
+        credits_reserved=bindparam("reserved"),
+        finished_at=bindparam("finished_at"),
+        updated_at=_NOW,
+    )
+)
+
+_RENDER_FINISHED = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("item_id"))
+    .values(
+        state=bindparam("state"),
+        failure=bindparam("failure"),
+        error_code=bindparam("code"),
+        error_message=bindparam("message"),
+        files=bindparam("files"),
+        render_failures=ITEMS.c.render_failures + bindparam("render_failure"),
+        finished_at=bindparam("finished_at"),
+        updated_at=_NOW,
+    )
+)
+
+_RELEASE = (
+    update(ITEMS)
+    .where(ITEMS.c.id.in_(bindparam("item_ids", expanding=True)), ITEMS.c.state != "sending")
+    .values(worker_id=None, lease_expires_at=None)
+)
+
+_BATCH_COUNTERS = (
+    update(BATCHES)
+    .where(BATCHES.c.id == bindparam("batch"))
+    .values(
+        credits_net=BATCHES.c.credits_net + bindparam("net"),
+        credits_reserved=BATCHES.c.credits_reserved + bindparam("reserved"),
+        updated_at=_NOW,
+    )
+)
+
+_BUDGET = select(BATCHES.c.budget, BATCHES.c.credits_net, BATCHES.c.credits_reserved).where(
+    BATCHES.c.id == bindparam("batch")
+)
+# Every worker's reservation reads and moves the same counters: on PostgreSQL
+# lock the row (FOR NO KEY UPDATE, which credit rows' foreign keys do not wait
+# on); SQLite's write lock is already held.
+_BUDGET_LOCKED = _BUDGET.with_for_update(key_share=True)
+
+_RECORDED = select(CREDITS.c.project_id).where(
+    CREDITS.c.kind == bindparam("kind"),
+    CREDITS.c.project_id.in_(bindparam("projects", expanding=True)),
+)
+
+_INSERT_CREDIT = {
+    "sqlite": sqlite.insert(CREDITS).on_conflict_do_nothing(),
+    "postgresql": postgresql.insert(CREDITS).on_conflict_do_nothing(),
+}
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | None]:
+    """Commit a group of operations in one transaction.
+
+    Returns, per operation, True/False for `BeginSend` (accepted or refused
+    for budget) and None for the others. Should one row sink the group (a
+    constraint), each operation is applied alone so that it cannot sink the rest.
+    """
+    if not ops:
+        return []
+    try:
+        return db.write(lambda conn: _apply(db, conn, ops))
+    except LedgerError as exc:
+        if len(ops) == 1 or not isinstance(exc.__cause__, IntegrityError | DataError):
+            raise
+        log.warning(
+            "group commit of %d operations failed (%s); applying them one by one",
+            len(ops),
+            exc,
+            extra={"event": "ledger.group_split", "operations": len(ops)},
+        )
+    return [result for op in ops for result in apply(db, [op])]
+
+
+def _apply(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool | None]:
+    now = db.clock()
+    if db.postgres:
+        lock_items(conn, [item_id for op in ops for item_id in _item_ids(op)])
+    deltas = Deltas()
+    by_kind: dict[type, list[tuple[int, Any]]] = defaultdict(list)
+    for index, op in enumerate(ops):
+        by_kind[type(op)].append((index, op))
+    results: list[bool | None] = [None] * len(ops)
+    # Settlements first, so budget they free is available to this group's reservations.
+    _apply_created(db, conn, [op for _, op in by_kind[Created]], deltas, now)
+    _apply_send_failed(conn, [op for _, op in by_kind[SendFailed]], deltas, now)
+    _apply_render_finished(db, conn, [op for _, op in by_kind[RenderFinished]], deltas, now)
+    released = [item_id for _, op in by_kind[ReleaseClaims] for item_id in op.item_ids]
+    if released:
+        conn.execute(_RELEASE, {"item_ids": released})
+    accepted = _apply_begin_send(db, conn, [op for _, op in by_kind[BeginSend]], deltas, now)
+    for (index, _), ok in zip(by_kind[BeginSend], accepted, strict=True):
+        results[index] = ok
+    apply_deltas(conn, deltas, now)
+    return results
+
+
+def _item_ids(op: LedgerOp) -> tuple[int, ...]:
+    return op.item_ids if isinstance(op, ReleaseClaims) else (op.item_id,)
+
+
+def _apply_begin_send(
+    db: Database, conn: Connection, ops: list[BeginSend], deltas: Deltas, now: datetime
+) -> list[bool | None]:
+    """True: send may proceed. False: no room in the budget. None: the item is
+    no longer this worker's (its lease lapsed and another worker took it)."""
+    if not ops:
+        return []
+    accepted: list[bool | None] = [True] * len(ops)
+    query = _BUDGET_LOCKED if db.postgres else _BUDGET
+    for batch_id in sorted({op.batch_id for op in ops if op.budgeted}):
+        budget, net, reserved = conn.execute(query, {"batch": batch_id}).one()
+        if budget is None:
+            continue
+        headroom = budget - net - reserved - deltas.net[batch_id] - deltas.reserved[batch_id]
+        for index, op in enumerate(ops):
+            if op.batch_id != batch_id:
+                continue
+            if op.reserve <= headroom:
+                headroom -= op.reserve
+            else:
+                accepted[index] = False
+    chosen = [op for op, ok in zip(ops, accepted, strict=True) if ok]
+    if not chosen:
+        return accepted
+    updated = conn.execute(
+        _BEGIN_SEND,
+        [
+            {"item_id": op.item_id, "worker": op.worker_id, "reserve": op.reserve, "now": now}
+            for op in chosen
+        ],
+    ).rowcount
+    if updated == len(chosen):
+        sent = {op.item_id for op in chosen}
+    else:
+        # Some item was no longer this worker's (a lapsed lease): find which.
+        sent = set(conn.scalars(_SENT_NOW, {"item_ids": [op.item_id for op in chosen], "now": now}))
+    for index, op in enumerate(ops):
+        if not accepted[index]:
+            continue
+        if op.item_id in sent:
+            deltas.reserved[op.batch_id] += op.reserve
+        else:
+            accepted[index] = None
+    return accepted
+
+
+def _apply_created(
+    db: Database, conn: Connection, ops: list[Created], deltas: Deltas, now: datetime
+) -> None:
+    if not ops:
+        return
+    kept = [
+        {"item_id": op.item_id, "project_id": op.project_id, "now": now}
+        for op in ops
+        if op.keep_claim
+    ]
+    released = [
+        {"item_id": op.item_id, "project_id": op.project_id, "now": now}
+        for op in ops
+        if not op.keep_claim
+    ]
+    if kept:
+        conn.execute(_CREATED, kept)
+    if released:
+        conn.execute(_CREATED_RELEASED, released)
+    # A project id is new by construction: the API just made it. The unique
+    # constraint still guards against recording it twice.
+    conn.execute(
+        _INSERT_CREDIT[db.dialect],
+        [
+            credit_row(op.batch_id, op.item_id, "charge", op.credits_charged, op.project_id, now)
+            for op in ops
+        ],
+    )
+    for op in ops:
+        deltas.net[op.batch_id] += op.credits_charged
+        deltas.reserved[op.batch_id] -= op.reserved
+
+
+def _apply_send_failed(
+    conn: Connection, ops: list[SendFailed], deltas: Deltas, now: datetime
+) -> None:
+    if not ops:
+        return
+    conn.execute(
+        _SEND_FAILED,
+        [
+            {
+                "item_id": op.item_id,
+                "state": op.state,
+                "failure": op.failure,
+                "status": op.status,
+                "message": op.message,
+                # An unconfirmed create may have been charged: keep its
+                # reservation so the budget still counts it.
+                "reserved": op.reserved if op.state == "unconfirmed" else 0,
+                "finished_at": now if op.state == "failed" else None,
+                "now": now,
+            }
+            for op in ops
+        ],
+    )
+    for op in ops:
+        if op.state != "unconfirmed":
+            deltas.reserved[op.batch_id] -= op.reserved
+
+
+def _apply_render_finished(
+    db: Database, conn: Connection, ops: list[RenderFinished], deltas: Deltas, now: datetime
+) -> None:
+    if not ops:
+        return
+    conn.execute(
+        _RENDER_FINISHED,
+        [
+            {
+                "item_id": op.item_id,
+                "state": op.state,
+                "failure": op.failure,
+                "code": op.code,
+                "message": op.message,
+                "files": list(op.files) if op.files is not None else None,
+                "render_failure": 1 if op.count_render_failure else 0,
+                "finished_at": now if op.state in ("complete", "failed") else None,
+                "now": now,
+            }
+            for op in ops
+        ],
+    )
+    refunds = [op for op in ops if op.refund > 0]
+    recorded = insert_credits(
+        db,
+        conn,
+        [
+            credit_row(op.batch_id, op.item_id, "refund", op.refund, op.project_id, now)
+            for op in refunds
+        ],
+    )
+    for op in refunds:
+        if op.project_id in recorded:
+            deltas.net[op.batch_id] -= op.refund
+
+
+# --------------------------------------------------------------------------- credit rows
+
+
+def credit_row(
+    batch_id: int, item_id: int, kind: str, credits: int, project_id: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "batch_id": batch_id,
+        "item_id": item_id,
+        "kind": kind,
+        "credits": credits,
+        "project_id": project_id,
+        "created_at": now,
+    }
+
+
+def insert_credits(db: Database, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert credit rows of one kind, skipping any already recorded; returns the
+    project ids inserted."""
+    if not rows:
+        return set()
+    already = set(
+        conn.scalars(
+            _RECORDED, {"kind": rows[0]["kind"], "projects": [r["project_id"] for r in rows]}
+        )
+    )
+    fresh = [r for r in rows if r["project_id"] not in already]
+    if fresh:
+        conn.execute(_INSERT_CREDIT[db.dialect], fresh)
+    return {r["project_id"] for r in fresh}
+
+
+def apply_deltas(conn: Connection, deltas: Deltas, now: datetime) -> None:
+    for batch_id in sorted(set(deltas.net) | set(deltas.reserved)):
+        net, reserved = deltas.net[batch_id], deltas.reserved[batch_id]
+        if net or reserved:
+            conn.execute(
+                _BATCH_COUNTERS, {"batch": batch_id, "net": net, "reserved": reserved, "now": now}
+            )
