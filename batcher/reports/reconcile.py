@@ -32,13 +32,15 @@ from batcher.errors import ApiError, AuthError, BatcherError, TransportError
 from batcher.ledger import audit_queries
 from batcher.ledger.audit_queries import DoubtfulItem, KnownProject
 from batcher.ledger.store import BatchRecord, Ledger
+from batcher.run.endpoint import SANDBOX_ENDPOINT
 from batcher.run.prepare import find_batch
 
 log = logging.getLogger(__name__)
 
 # A batch run with `run --sandbox` talked to an emulator that lived only for
-# that run (see cli/runs.py): its project ids mean nothing to any server now.
-EPHEMERAL_ENDPOINT: Final = "sandbox"
+# that run (see batcher/run/endpoint.py): its project ids mean nothing to any
+# server now.
+EPHEMERAL_ENDPOINT: Final = SANDBOX_ENDPOINT
 NOT_FOUND: Final = 404
 
 

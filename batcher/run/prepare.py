@@ -7,6 +7,7 @@ their errors to exit codes; nothing here prints.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def load_jobs(
     including two files that name the same batch."""
     jobs, problems = collect_jobs(paths, catalog, batch_name=batch_name)
     names = Counter(job.name for job in jobs)
+    clashing = sum(1 for job in jobs if names[job.name] > 1)
     for job in jobs:
         if names[job.name] > 1:
             problems.append(
@@ -53,8 +55,40 @@ def load_jobs(
             )
             names[job.name] = 1  # report each clash once
     if problems:
-        raise JobFileError(problems)
+        raise JobFileError(
+            problems,
+            files=len(paths),
+            bad_files=len(paths) - len(jobs) + clashing,
+            warnings=[warning for job in jobs for warning in job.warnings],
+        )
     return jobs
+
+
+def check_out_dir(folder: Path) -> None:
+    """Refuse, before anything is sent, an output folder that cannot take the images
+    and the manifest: create it, then write and remove a probe file in it."""
+    shown = folder.absolute()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"output folder {shown} is a file, not a folder; choose another with --out"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"output folder {shown} cannot be created ({exc.strerror or exc}); "
+            "choose another with --out"
+        ) from None
+    probe = folder / f".batcher-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"output folder {shown} is not writable ({exc.strerror or exc}); "
+            "choose another with --out"
+        ) from None
 
 
 def require_key(api: ApiConfig) -> None:

@@ -10,18 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import yaml
 
-from batcher.client.magic_hour import MagicHourClient
-from batcher.jobfile.catalog import load_catalog
+import batcher
 from batcher.ledger import audit_queries
-from batcher.ledger.store import BatchRecord, Ledger
-from batcher.run import prepare as service
-from batcher.run.batch_run import BatchRun, RunOptions, RunResult
+from batcher.ledger.store import Ledger
+from batcher.reports.run_summary import RunSummary
+from batcher.run.batch_run import BatchRun
+from batcher.run.observer import RunObserver
 from batcher.sandbox import SandboxHandle
-from batcher.settings import ApiConfig
 
 
 def write_job(folder: Path, prompts: Sequence[Any], **top: Any) -> Path:
@@ -33,6 +31,16 @@ def write_job(folder: Path, prompts: Sequence[Any], **top: Any) -> Path:
 
 def prompts(count: int, model: str = "z-image-turbo", **settings: Any) -> list[dict[str, Any]]:
     return [{"prompt": f"test prompt number {i}", "model": model, **settings} for i in range(count)]
+
+
+class Watch(RunObserver):
+    """Keeps the BatchRun the library drives, for tests that look inside it."""
+
+    def __init__(self) -> None:
+        self.runs: list[BatchRun] = []
+
+    async def follow(self, run: BatchRun, todo: int) -> None:
+        self.runs.append(run)
 
 
 @dataclass
@@ -47,6 +55,11 @@ class Batch:
     def ledger(self) -> Ledger:
         return Ledger.open(self.db_url)
 
+    @property
+    def name(self) -> str:
+        [plan] = batcher.plan([self.job]).jobs
+        return plan.batch
+
     def run(
         self,
         *,
@@ -56,48 +69,34 @@ class Batch:
         budget: int | None = None,
         preflight: bool = False,
         key: str | None = None,
-        before: Callable[[Ledger, BatchRecord], BatchRecord] | None = None,
         after: Callable[[BatchRun], None] | None = None,
-        **options: Any,
-    ) -> RunResult:
-        """Prepare (or resume) the batch and run it as the CLI does. `before` may
-        change the batch first; `after` may look at the finished BatchRun."""
-        options.setdefault("out_dir", self.tmp / "out")
-        options.setdefault("concurrency", 8)
-        catalog = load_catalog()
-        api = ApiConfig(self.sandbox.base_url, key or self.sandbox.key)
-        with self.ledger() as ledger:
-            [spec] = service.load_jobs([self.job], catalog)
-            if resume:
-                prepared = service.resume_batch(
-                    ledger,
-                    spec.name,
-                    budget=budget,
-                    retry_failed=retry_failed,
-                    resend_unconfirmed=resend_unconfirmed,
-                )
-            else:
-                prepared = service.prepare_batch(
-                    ledger,
-                    spec,
-                    catalog,
-                    budget=budget,
-                    retry_failed=retry_failed,
-                    resend_unconfirmed=resend_unconfirmed,
-                )
-            batch = before(ledger, prepared.batch) if before else prepared.batch
-
-            async def go() -> RunResult:
-                async with MagicHourClient(api, concurrency=options["concurrency"]) as client:
-                    if preflight:
-                        await service.preflight(client, ledger, batch, catalog)
-                    run = service.new_run(ledger, client, batch, RunOptions(**options))
-                    result = await run.run()
-                    if after is not None:
-                        after(run)
-                    return result
-
-            return anyio.run(go)
+        out_dir: Path | None = None,
+        **settings: Any,
+    ) -> RunSummary:
+        """`batcher.run` (or `batcher.resume`) of the job against the sandbox, as the
+        CLI calls it; `after` may look at the finished BatchRun."""
+        watch = Watch()
+        common: dict[str, Any] = {
+            "out": out_dir or self.tmp / "out",
+            "concurrency": 8,
+            **settings,
+            "budget": budget,
+            "preflight": preflight,
+            "retry_failed": retry_failed,
+            "resend_unconfirmed": resend_unconfirmed,
+            "db": self.db_url,
+            "base_url": self.sandbox.base_url,
+            "env": {"MAGIC_HOUR_API_KEY": key or self.sandbox.key},
+            "observer": watch,
+        }
+        if resume:
+            summary = batcher.resume(self.name, **common)
+        else:
+            summary = batcher.run([self.job], **common)
+        if after is not None:
+            [run] = watch.runs
+            after(run)
+        return summary
 
 
 def check_against_journal(

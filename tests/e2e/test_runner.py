@@ -15,8 +15,6 @@ from e2e_support import Batch, assert_exactly_once, prompts
 from PIL import Image
 
 from batcher.errors import AuthError, PreflightError
-from batcher.ledger.store import BatchRecord, Ledger
-from batcher.run import prepare as service
 from batcher.run.batch_run import STOP_BUDGET
 from batcher.run.liveness import new_worker
 
@@ -242,15 +240,17 @@ def test_manifest_and_files_never_collide_for_identical_prompts(
 
 def test_workers_split_the_batchs_shared_ceilings(make_batch: MakeBatch) -> None:
     batch = make_batch(prompts(6))
-
-    def share(ledger: Ledger, record: BatchRecord) -> BatchRecord:
+    with batch.ledger() as ledger:
+        record, _ = ledger.open_batch(
+            batch.name, job_path=None, job_hash=None, budget=None, settings={}
+        )
         ledger.register_worker(new_worker(record.id))  # a peer, alive right now
-        return service.set_shared_limits(ledger, record, rate=8.0, concurrency=6)
 
     ceilings: list[tuple[int, float | None]] = []
     result = batch.run(
         concurrency=16,
-        before=share,
+        batch_rate=8.0,
+        batch_concurrency=6,
         after=lambda run: ceilings.append((run.limiter.ceiling, run.limiter.rate)),
     )
     assert result.succeeded
