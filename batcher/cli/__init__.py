@@ -64,11 +64,10 @@ class BatcherGroup(click.Group):
         raise LookupError(f"batcher.cli.{module_name} does not define {cmd_name!r}")
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = bool(ctx.meta.get("batcher.debug"))
         try:
             return super().invoke(ctx)
         except BatcherError as exc:
-            if debug:
+            if _debug(ctx):
                 output.traceback()
             if isinstance(exc, JobFileError):
                 # One line per problem, FILE:LINE: field: message, like `validate`.
@@ -85,6 +84,7 @@ class BatcherGroup(click.Group):
             raise
         except Exception as exc:
             # A bug, not bad input: one line, the traceback only when asked for.
+            debug = _debug(ctx)
             if debug:
                 output.traceback()
             output.error(
@@ -92,6 +92,11 @@ class BatcherGroup(click.Group):
                 + ("" if debug else " (run again with --debug for the traceback)")
             )
             sys.exit(EXIT_FAILURE)
+
+
+def _debug(ctx: click.Context) -> bool:
+    # Set by the group's callback, which runs inside super().invoke().
+    return bool(ctx.meta.get("batcher.debug"))
 
 
 @click.group(cls=BatcherGroup, context_settings=CONTEXT_SETTINGS)

@@ -87,7 +87,9 @@ run_options = _stack(
     click.option(
         "--out",
         "out_dir",
-        type=click.Path(path_type=Path, file_okay=False),
+        # Not file_okay=False: the library refuses a file (and an unwritable
+        # folder) itself, in one line, for library callers too.
+        type=click.Path(path_type=Path),
         metavar="DIR",
         help="Folder for images and the manifest [default: out/<batch name>/].",
     ),
