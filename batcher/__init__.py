@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from batcher.reports.reconcile import ReconcileReport
     from batcher.reports.run_summary import RunStats, RunSummary
     from batcher.reports.status import BatchStatus, StatusReport, WorkerView
-    from batcher.run.observer import RunObserver
+    from batcher.run.observer import RunObserver, RunProgress
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY: dict[str, str] = {
@@ -119,6 +119,7 @@ _LAZY: dict[str, str] = {
     "StatusReport": "batcher.reports.status",
     "WorkerView": "batcher.reports.status",
     "RunObserver": "batcher.run.observer",
+    "RunProgress": "batcher.run.observer",
 }
 
 __all__ = [
@@ -149,6 +150,7 @@ __all__ = [
     "ReconcileReport",
     "ResponseLostError",
     "RunObserver",
+    "RunProgress",
     "RunStats",
     "RunSummary",
     "StatusReport",

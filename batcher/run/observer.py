@@ -7,12 +7,27 @@ none. Every method does nothing unless overridden.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from batcher.reports.run_summary import RunSummary
-    from batcher.run.batch_run import BatchRun
+    from batcher.run.batch_run import BatchRun, RunCounters
     from batcher.run.prepare import PreparedBatch
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgress:
+    """What a progress display follows: the run's live counters and what they count to."""
+
+    batch: str
+    todo: int  # the items this run is expected to settle
+    wait: bool  # renders are followed (done means complete, not only submitted)
+    run: BatchRun
+
+    @property
+    def counters(self) -> RunCounters:
+        return self.run.counters
 
 
 class RunObserver:
@@ -29,9 +44,8 @@ class RunObserver:
         """The batch is in the ledger at `db` (password hidden), its items synced and
         requeued; nothing has been sent yet."""
 
-    async def follow(self, run: BatchRun, todo: int) -> None:
-        """Runs beside the batch (read `run.counters`) until cancelled when it ends.
-        `todo`: the items this run is expected to settle."""
+    async def follow(self, progress: RunProgress) -> None:
+        """Runs beside the batch (read `progress.counters`) until cancelled when it ends."""
 
     def stopping(self, signal_name: str, *, abort: bool) -> None:
         """A signal arrived: the first stops sending and records creates in flight;

@@ -27,10 +27,10 @@ from batcher.ledger.models import utcnow
 from batcher.ledger.store import BatchRecord, Ledger, display_url
 from batcher.reports.run_summary import RunStats, RunSummary, exit_code
 from batcher.run import prepare
-from batcher.run.batch_run import BatchRun, RunOptions, RunResult
+from batcher.run.batch_run import RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder
-from batcher.run.observer import RunObserver
+from batcher.run.observer import RunObserver, RunProgress
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
@@ -264,7 +264,8 @@ async def drive(
         run = prepare.new_run(ledger, client, batch, options)
         counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
         todo = sum(n for state, n in counts.items() if state != "complete")
-        result = await _run_beside(run, observer, todo, signals, context.handle_signals)
+        progress = RunProgress(batch.name, todo, options.wait, run)
+        result = await _run_beside(progress, observer, signals, context.handle_signals)
     finished_at = utcnow()
     summary = await anyio.to_thread.run_sync(
         functools.partial(
@@ -284,16 +285,17 @@ async def drive(
 
 
 async def _run_beside(
-    run: BatchRun, observer: RunObserver, todo: int, signals: SignalsSeen, handle_signals: bool
+    progress: RunProgress, observer: RunObserver, signals: SignalsSeen, handle_signals: bool
 ) -> RunResult:
     """`run.run()` with the observer and the signal handler beside it; the run's own
     error (a rejected key...) comes out as itself, not inside an ExceptionGroup."""
+    run = progress.run
     result: RunResult | None = None
     failure: Exception | None = None
     async with anyio.create_task_group() as tasks:
         if handle_signals:
             tasks.start_soon(stop_on_signals, run, observer, signals)
-        tasks.start_soon(observer.follow, run, todo)
+        tasks.start_soon(observer.follow, progress)
         try:
             result = await run.run()
         except Exception as exc:

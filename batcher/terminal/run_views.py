@@ -13,8 +13,8 @@ from rich.table import Table
 
 from batcher.ledger.store import display_url
 from batcher.reports.run_summary import RunSummary
-from batcher.run.batch_run import STOP_BUDGET, BatchRun
-from batcher.run.observer import RunObserver
+from batcher.run.batch_run import STOP_BUDGET
+from batcher.run.observer import RunObserver, RunProgress
 from batcher.run.prepare import PreparedBatch
 from batcher.settings import DEFAULT_DATABASE_URL
 from batcher.terminal import console as output
@@ -42,10 +42,10 @@ class TerminalRunObserver(RunObserver):
                 "and were dropped"
             )
 
-    async def follow(self, run: BatchRun, todo: int) -> None:
+    async def follow(self, progress: RunProgress) -> None:
         live = output.stderr.is_terminal and not self.quiet
-        display = RunDisplay(run.batch.name, wait=run.options.wait, live=live)
-        await display.follow(run.counters, todo)
+        display = RunDisplay(progress.batch, wait=progress.wait, live=live)
+        await display.follow(progress.counters, progress.todo)
 
     def stopping(self, signal_name: str, *, abort: bool) -> None:
         if abort:

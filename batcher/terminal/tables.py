@@ -47,6 +47,8 @@ def print_table(table: Table, *, console: Console | None = None) -> None:
 def plain_table(table: Table) -> Table:
     """Turn `table` (in place) into plain columns: no box, no edge, nothing cut or folded."""
     table.box = None
+    table.title_justify = "left"
+    table.caption_justify = "left"
     table.show_edge = False
     table.pad_edge = False
     table.show_lines = False

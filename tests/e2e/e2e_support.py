@@ -18,7 +18,7 @@ from batcher.ledger import audit_queries
 from batcher.ledger.store import Ledger
 from batcher.reports.run_summary import RunSummary
 from batcher.run.batch_run import BatchRun
-from batcher.run.observer import RunObserver
+from batcher.run.observer import RunObserver, RunProgress
 from batcher.sandbox import SandboxHandle
 
 
@@ -39,8 +39,8 @@ class Watch(RunObserver):
     def __init__(self) -> None:
         self.runs: list[BatchRun] = []
 
-    async def follow(self, run: BatchRun, todo: int) -> None:
-        self.runs.append(run)
+    async def follow(self, progress: RunProgress) -> None:
+        self.runs.append(progress.run)
 
 
 @dataclass

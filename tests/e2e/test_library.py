@@ -19,7 +19,7 @@ from e2e_support import Batch, prompts, write_job
 
 import batcher
 from batcher.reports.run_summary import summary_json
-from batcher.run.batch_run import BatchRun
+from batcher.run.observer import RunProgress
 from batcher.run.prepare import PreparedBatch
 from batcher.sandbox import SandboxHandle
 
@@ -111,8 +111,9 @@ class Recorder(batcher.RunObserver):
         self.prepared_batch = prepared
         self.events.append(f"prepared {prepared.batch.name} in {db}")
 
-    async def follow(self, run: BatchRun, todo: int) -> None:
-        self.events.append(f"follow {todo}")
+    async def follow(self, progress: RunProgress) -> None:
+        self.events.append(f"follow {progress.batch} {progress.todo} wait={progress.wait}")
+        assert progress.counters is progress.run.counters
 
     def finished(self, summary: batcher.RunSummary) -> None:
         self.summaries.append(summary)
@@ -138,7 +139,7 @@ def test_run_async_inside_an_event_loop_with_an_observer(
         )
 
     summary = anyio.run(main)
-    assert recorder.events == [f"prepared async in {db}", "follow 4", "finished 0"]
+    assert recorder.events == [f"prepared async in {db}", "follow async 4 wait=True", "finished 0"]
     assert recorder.summaries == [summary]
     assert dataclasses.is_dataclass(summary)
     with pytest.raises(dataclasses.FrozenInstanceError):
