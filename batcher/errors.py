@@ -39,7 +39,8 @@ from typing import Self
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as shells report it
+EXIT_TERMINATED = 143  # SIGTERM (cron, systemd): 128 + 15
 
 
 class BatcherError(Exception):
@@ -71,10 +72,24 @@ class Problem:
 
 
 class JobFileError(InputError):
-    """One or more problems found in job files; all of them, not only the first."""
+    """One or more problems found in job files; all of them, not only the first.
 
-    def __init__(self, problems: Iterable[Problem]) -> None:
+    `files` and `bad_files` count the job files checked and those with a
+    problem, when known; `warnings` are those of the files that loaded.
+    """
+
+    def __init__(
+        self,
+        problems: Iterable[Problem],
+        *,
+        files: int | None = None,
+        bad_files: int | None = None,
+        warnings: Iterable[Problem] = (),
+    ) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
+        self.files = files
+        self.bad_files = bad_files
+        self.warnings: tuple[Problem, ...] = tuple(warnings)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

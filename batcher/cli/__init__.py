@@ -12,10 +12,14 @@ from typing import Any
 import click
 
 from batcher import __version__
-from batcher.errors import EXIT_INTERRUPTED, BatcherError, JobFileError
+from batcher.errors import EXIT_FAILURE, EXIT_INTERRUPTED, BatcherError, JobFileError
 from batcher.terminal import console as output
 
 log = logging.getLogger(__name__)
+
+# Click's own ways out (usage errors, ctx.exit, Ctrl-C at a prompt) and a closed
+# pipe (`batcher status | head`) are Click's to handle, not internal errors.
+_CLICK_EXITS = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -27,6 +31,7 @@ COMMAND_MODULES: dict[str, str] = {
     "run": "runs",
     "resume": "runs",
     "status": "ledger",
+    "items": "ledger",
     "audit": "credits",
     "validate": "jobs",
     "plan": "jobs",
@@ -48,6 +53,9 @@ class BatcherGroup(click.Group):
         return list(COMMAND_MODULES)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        added = super().get_command(ctx, cmd_name)
+        if added is not None:
+            return added
         module_name = COMMAND_MODULES.get(cmd_name)
         if module_name is None:
             return None
@@ -61,22 +69,36 @@ class BatcherGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BatcherError as exc:
-            if ctx.meta.get("batcher.debug"):
-                log.exception("failed")
+            if _debug(ctx):
+                output.traceback()
             if isinstance(exc, JobFileError):
                 # One line per problem, FILE:LINE: field: message, like `validate`.
-                for problem in exc.problems:
-                    output.note(str(problem))
-                count = len(exc.problems)
-                output.error(
-                    f"{count} problem{'s' if count != 1 else ''} in the job files; nothing was sent"
-                )
+                from batcher.terminal.job_views import print_job_file_error
+
+                print_job_file_error(exc)
             else:
                 output.error(str(exc))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             output.error("interrupted")
             sys.exit(EXIT_INTERRUPTED)
+        except (*_CLICK_EXITS, BrokenPipeError):
+            raise
+        except Exception as exc:
+            # A bug, not bad input: one line, the traceback only when asked for.
+            debug = _debug(ctx)
+            if debug:
+                output.traceback()
+            output.error(
+                f"internal error: {type(exc).__name__}: {exc}"
+                + ("" if debug else " (run again with --debug for the traceback)")
+            )
+            sys.exit(EXIT_FAILURE)
+
+
+def _debug(ctx: click.Context) -> bool:
+    # Set by the group's callback, which runs inside super().invoke().
+    return bool(ctx.meta.get("batcher.debug"))
 
 
 @click.group(cls=BatcherGroup, context_settings=CONTEXT_SETTINGS)
@@ -99,7 +121,8 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
     \b
     Exit codes: 0 all complete, 1 some items failed or in doubt or the run
-    was stopped, 2 bad input or configuration, 130 interrupted.
+    was stopped, 2 bad input or configuration, 130 interrupted (SIGINT),
+    143 terminated (SIGTERM).
     """
     ctx.meta["batcher.debug"] = debug
     ctx.meta["batcher.quiet"] = quiet

@@ -87,7 +87,9 @@ run_options = _stack(
     click.option(
         "--out",
         "out_dir",
-        type=click.Path(path_type=Path, file_okay=False),
+        # Not file_okay=False: the library refuses a file (and an unwritable
+        # folder) itself, in one line, for library callers too.
+        type=click.Path(path_type=Path),
         metavar="DIR",
         help="Folder for images and the manifest [default: out/<batch name>/].",
     ),
@@ -122,4 +124,12 @@ run_options = _stack(
     db_option,
     catalog_option,
     base_url_option,
+)
+
+max_items_option = click.option(
+    "--max-items",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Refuse a job that makes more than N items (default: the job file's max_items, "
+    "else 100,000).",
 )

@@ -33,14 +33,16 @@ from batcher.client import retry
 from batcher.client.magic_hour import ProjectStatus
 from batcher.errors import ApiError, AuthError, BatcherError, TransportError
 from batcher.ledger import BatchRecord, DoubtfulItem, KnownProject, Ledger
+from batcher.run.endpoint import SANDBOX_ENDPOINT
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.prepare import find_batch
 
 log = logging.getLogger(__name__)
 
 # A batch run with `run --sandbox` talked to an emulator that lived only for
-# that run (see cli/runs.py): its project ids mean nothing to any server now.
-EPHEMERAL_ENDPOINT: Final = "sandbox"
+# that run (see batcher/run/endpoint.py): its project ids mean nothing to any
+# server now.
+EPHEMERAL_ENDPOINT: Final = SANDBOX_ENDPOINT
 NOT_FOUND: Final = 404
 
 

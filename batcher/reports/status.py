@@ -6,6 +6,7 @@ cached counters.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,12 +45,25 @@ class WorkerView:
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
+    """Every batch asked for (iterate over the report to get them) and their live workers."""
+
     batches: tuple[BatchStatus, ...]
     workers: tuple[WorkerView, ...]
+    ledger_found: bool = True  # False: no ledger file at that URL yet, so nothing to show
+
+    def __iter__(self) -> Iterator[BatchStatus]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def status_report(
-    ledger: Ledger, batch_name: str | None = None, *, now: datetime | None = None
+    ledger: Ledger,
+    batch_name: str | None = None,
+    *,
+    now: datetime | None = None,
+    ledger_found: bool = True,
 ) -> StatusReport:
     summaries = ledger.batch_summaries(batch_name)
     if batch_name is not None and not summaries:
@@ -85,6 +99,7 @@ def status_report(
             for s in summaries
         ),
         workers=workers,
+        ledger_found=ledger_found,
     )
 
 

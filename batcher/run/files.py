@@ -42,7 +42,10 @@ def batch_folder(root: Path | None, batch_name: str) -> Path:
 def prepare_folder(folder: Path) -> None:
     """Create the output folder and prove it writable (write and remove a probe file),
     before anything is sent: a folder found unwritable after paying for the images
-    would leave them to be fetched again later."""
+    would leave them to be fetched again later. OutputFolderError (exit 2) if not."""
+    shown = folder.absolute()
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(shown, "it is a file, not a folder; choose another with --out")
     probe = folder / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,9 @@ def prepare_folder(folder: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputFolderError(
-            folder, f"{exc.strerror or type(exc).__name__} (the output folder must be writable)"
+            shown,
+            f"{exc.strerror or type(exc).__name__} (the output folder must be writable; "
+            "choose another with --out)",
         ) from None
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from batcher.client import retry
 from batcher.client.magic_hour import Account, MagicHourClient
 from batcher.errors import (
     ApiError,
@@ -45,6 +46,7 @@ def load_jobs(
     including two files that name the same batch. `max_items` is `--max-items`."""
     jobs, problems = collect_jobs(paths, catalog, batch_name=batch_name, max_items=max_items)
     names = Counter(job.name for job in jobs)
+    clashing = sum(1 for job in jobs if names[job.name] > 1)
     for job in jobs:
         if names[job.name] > 1:
             problems.append(
@@ -57,7 +59,12 @@ def load_jobs(
             )
             names[job.name] = 1  # report each clash once
     if problems:
-        raise JobFileError(problems)
+        raise JobFileError(
+            problems,
+            files=len(paths),
+            bad_files=len(paths) - len(jobs) + clashing,
+            warnings=[warning for job in jobs for warning in job.warnings],
+        )
     return jobs
 
 
@@ -149,7 +156,7 @@ async def preflight(
     demand = ledger.pending_demand(batch.id)
     estimate = sum(row.estimate for row in demand)
     try:
-        account = await client.get_account()
+        account = await retry.read(client.get_account)
     except AuthError:
         raise
     except (ApiError, TransportError) as exc:

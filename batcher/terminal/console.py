@@ -35,6 +35,11 @@ def note(message: str) -> None:
     stderr.print(message, markup=False, highlight=False, emoji=False)
 
 
+def traceback() -> None:
+    """The exception being handled, with its traceback (only under --debug)."""
+    stderr.print_exception(show_locals=False)
+
+
 def result(text: str) -> None:
     """A line of the command's result on stdout, printed as is."""
     stdout.print(text, markup=False, highlight=False, emoji=False)

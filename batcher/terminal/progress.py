@@ -20,9 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from batcher.run.batch_run import RunCounters, RunResult
+from batcher.run.batch_run import RunCounters
 from batcher.terminal import console as output
 
 log = logging.getLogger("batcher.terminal.progress")
@@ -56,10 +55,13 @@ def describe(counters: RunCounters, *, wait: bool) -> str:
 
 
 class RunDisplay:
-    def __init__(self, batch: str, *, wait: bool, live: bool) -> None:
+    def __init__(
+        self, batch: str, *, wait: bool, live: bool, plain_every_s: float = PLAIN_EVERY_S
+    ) -> None:
         self.batch = batch
         self.wait = wait
         self.live = live
+        self.plain_every_s = plain_every_s
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
@@ -102,7 +104,7 @@ class RunDisplay:
 
     async def _follow_plain(self, counters: RunCounters, todo: int) -> None:
         while True:
-            await anyio.sleep(PLAIN_EVERY_S)
+            await anyio.sleep(self.plain_every_s)
             done = finished_count(counters, wait=self.wait)
             rate = done / counters.elapsed if counters.elapsed > 0 else 0.0
             eta = (todo - done) / rate if rate > 0 and todo > done else math.nan
@@ -115,23 +117,3 @@ class RunDisplay:
                 describe(counters, wait=self.wait),
                 eta_text,
             )
-
-
-def summary_table(result: RunResult) -> Table:
-    counters = result.counters
-    table = Table(title=f"batch {result.batch}", show_header=False, title_justify="left")
-    table.add_column("what", style="bold")
-    table.add_column("value", justify="right")
-    for state, count in result.states.items():
-        if count:
-            table.add_row(state, str(count))
-    table.add_row("creates sent this run", str(counters.sent))
-    table.add_row("images saved", str(counters.images))
-    table.add_row("credits charged this run", str(counters.credits_charged))
-    table.add_row("credits refunded this run", str(counters.credits_refunded))
-    if counters.throttled:
-        table.add_row("429 answers", str(counters.throttled))
-    table.add_row("elapsed", f"{counters.elapsed:.1f}s")
-    if result.out_dir is not None:
-        table.add_row("images in", str(result.out_dir))
-    return table

@@ -14,11 +14,14 @@ import anyio
 import httpx
 import yaml
 
+import batcher
 from batcher.client.magic_hour import MagicHourClient
 from batcher.jobfile.catalog import load_catalog
-from batcher.ledger import BatchRecord, Ledger
-from batcher.run import prepare as service
+from batcher.ledger import Ledger
+from batcher.reports.run_summary import RunSummary
+from batcher.run import prepare
 from batcher.run.batch_run import BatchRun, ImageApi, RunOptions, RunResult
+from batcher.run.observer import RunObserver, RunProgress
 from batcher.sandbox import SandboxHandle
 from batcher.settings import ApiConfig
 
@@ -34,6 +37,16 @@ def prompts(count: int, model: str = "z-image-turbo", **settings: Any) -> list[d
     return [{"prompt": f"test prompt number {i}", "model": model, **settings} for i in range(count)]
 
 
+class Watch(RunObserver):
+    """Keeps the BatchRun the library drives, for tests that look inside it."""
+
+    def __init__(self) -> None:
+        self.runs: list[BatchRun] = []
+
+    async def follow(self, progress: RunProgress) -> None:
+        self.runs.append(progress.run)
+
+
 @dataclass
 class Batch:
     """A job file, its ledger and the sandbox it runs against."""
@@ -46,6 +59,11 @@ class Batch:
     def ledger(self) -> Ledger:
         return Ledger.open(self.db_url)
 
+    @property
+    def name(self) -> str:
+        [plan] = batcher.plan([self.job]).jobs
+        return plan.batch
+
     def run(
         self,
         *,
@@ -56,54 +74,57 @@ class Batch:
         preflight: bool = False,
         key: str | None = None,
         base_url: str | None = None,
-        before: Callable[[Ledger, BatchRecord], BatchRecord] | None = None,
         after: Callable[[BatchRun], None] | None = None,
-        client: Callable[[MagicHourClient], ImageApi] | None = None,
-        **options: Any,
-    ) -> RunResult:
-        """Prepare (or resume) the batch and run it as the CLI does. `before` may
-        change the batch first; `after` may look at the finished BatchRun;
-        `client` may wrap the API client the run is given (a seam for faults)."""
-        options.setdefault("out_dir", self.tmp / "out")
-        options.setdefault("concurrency", 8)
-        catalog = load_catalog()
-        api = ApiConfig(base_url or self.sandbox.base_url, key or self.sandbox.key)
-        with self.ledger() as ledger:
-            [spec] = service.load_jobs([self.job], catalog)
-            if resume:
-                prepared = service.resume_batch(
-                    ledger,
-                    spec.name,
-                    budget=budget,
-                    retry_failed=retry_failed,
-                    resend_unconfirmed=resend_unconfirmed,
-                )
-            else:
-                prepared = service.prepare_batch(
-                    ledger,
-                    spec,
-                    catalog,
-                    budget=budget,
-                    retry_failed=retry_failed,
-                    resend_unconfirmed=resend_unconfirmed,
-                )
-            batch = before(ledger, prepared.batch) if before else prepared.batch
+        out_dir: Path | None = None,
+        **settings: Any,
+    ) -> RunSummary:
+        """`batcher.run` (or `batcher.resume`) of the job against the sandbox, as the
+        CLI calls it; `after` may look at the finished BatchRun."""
+        watch = Watch()
+        common: dict[str, Any] = {
+            "out": out_dir or self.tmp / "out",
+            "concurrency": 8,
+            **settings,
+            "budget": budget,
+            "preflight": preflight,
+            "retry_failed": retry_failed,
+            "resend_unconfirmed": resend_unconfirmed,
+            "db": self.db_url,
+            "base_url": base_url or self.sandbox.base_url,
+            "env": {"MAGIC_HOUR_API_KEY": key or self.sandbox.key},
+            "observer": watch,
+        }
+        if resume:
+            summary = batcher.resume(self.name, **common)
+        else:
+            summary = batcher.run([self.job], **common)
+        if after is not None:
+            [run] = watch.runs
+            after(run)
+        return summary
 
-            async def go() -> RunResult:
-                async with MagicHourClient(api, concurrency=options["concurrency"]) as real:
-                    if preflight:
-                        await service.preflight(real, ledger, batch, catalog)
-                    run_options = RunOptions(**options)
-                    if client is None:
-                        run = service.new_run(ledger, real, batch, run_options)
-                    else:
-                        run = BatchRun(ledger, client(real), batch, run_options)
-                    result = await run.run()
-                    if after is not None:
-                        after(run)
-                    return result
 
-            return anyio.run(go)
+def run_runner(
+    batch: Batch, client: Callable[[MagicHourClient], ImageApi], **options: Any
+) -> RunResult:
+    """The runner alone (no CLI, no library), on a prepared batch, with the API
+    client wrapped by `client`: a seam for faults inside the run (a folder that
+    turns into a file mid-download...). Everything else drives the library."""
+    options.setdefault("out_dir", batch.tmp / "out")
+    catalog = load_catalog()
+    api = ApiConfig(batch.sandbox.base_url, batch.sandbox.key)
+    with batch.ledger() as ledger:
+        [spec] = prepare.load_jobs([batch.job], catalog)
+        prepared = prepare.prepare_batch(
+            ledger, spec, catalog, budget=None, retry_failed=False, resend_unconfirmed=False
+        )
+
+        async def go() -> RunResult:
+            async with MagicHourClient(api, concurrency=options.get("concurrency", 8)) as real:
+                run = BatchRun(ledger, client(real), prepared.batch, RunOptions(**options))
+                return await run.run()
+
+        return anyio.run(go)
 
 
 def check_against_journal(

@@ -22,6 +22,7 @@ from e2e_support import (
     check_against_journal,
     cli_env,
     prompts,
+    run_runner,
     write_job,
 )
 
@@ -66,7 +67,7 @@ def test_a_write_failure_mid_download_leaves_items_submitted(make_batch: MakeBat
     # render comes after about a second: sending is still going when the disk fails.
     batch = make_batch(prompts(80), latency=0.05)
     out = batch.tmp / "out"
-    result = batch.run(concurrency=2, client=lambda real: FolderGoneAfter(real, out, 3))
+    result = run_runner(batch, lambda real: FolderGoneAfter(real, out, 3), concurrency=2)
     assert result.stopped == STOP_OUTPUT
     assert result.stop_detail is not None and str(out) in result.stop_detail
     assert not result.succeeded

@@ -18,8 +18,7 @@ from PIL import Image
 
 from batcher.client import retry
 from batcher.errors import AuthError, OutputFolderError, PreflightError
-from batcher.ledger import FAILURE_TRANSIENT, BatchRecord, Ledger
-from batcher.run import prepare as service
+from batcher.ledger import FAILURE_TRANSIENT
 from batcher.run.batch_run import STOP_BUDGET, STOP_UNREACHABLE
 from batcher.run.liveness import new_worker
 
@@ -137,7 +136,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_sending(
     with pytest.raises(OutputFolderError):
         batch.run(out_dir=tmp_path / "taken")
     assert batch.sandbox.journal() == []
-    assert _states(batch) == {"pending": 3}
+    assert not (tmp_path / "ledger.db").exists(), "refused before the ledger was touched"
 
 
 def test_dropped_connections_leave_items_in_doubt_never_resent(make_batch: MakeBatch) -> None:
@@ -296,15 +295,17 @@ def test_manifest_and_files_never_collide_for_identical_prompts(
 
 def test_workers_split_the_batchs_shared_ceilings(make_batch: MakeBatch) -> None:
     batch = make_batch(prompts(6))
-
-    def share(ledger: Ledger, record: BatchRecord) -> BatchRecord:
+    with batch.ledger() as ledger:
+        record, _ = ledger.open_batch(
+            batch.name, job_path=None, job_hash=None, budget=None, settings={}
+        )
         ledger.register_worker(new_worker(record.id))  # a peer, alive right now
-        return service.set_shared_limits(ledger, record, rate=8.0, concurrency=6)
 
     ceilings: list[tuple[int, float | None]] = []
     result = batch.run(
         concurrency=16,
-        before=share,
+        batch_rate=8.0,
+        batch_concurrency=6,
         after=lambda run: ceilings.append((run.limiter.ceiling, run.limiter.rate)),
     )
     assert result.succeeded

@@ -5,16 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from batcher.errors import ConfigError
 from batcher.ledger import CreditGroup
-from batcher.reports import audit
+from batcher.reports import audit, chart
+from batcher.terminal.credit_views import audit_table
 
 
 def report(
@@ -199,7 +202,7 @@ def render(table: object) -> str:
 
 
 def test_table_has_totals_and_the_items_in_doubt() -> None:
-    text = render(audit.audit_table(report(ROWS, KEYS, in_doubt=2)))
+    text = render(audit_table(report(ROWS, KEYS, in_doubt=2)))
     assert "day (UTC)" in text
     assert "total" in text and "12660" in text and "12000" in text
     assert "2 item(s) are in doubt" in text
@@ -207,7 +210,7 @@ def test_table_has_totals_and_the_items_in_doubt() -> None:
 
 def test_table_shows_names_literally_and_an_unset_resolution() -> None:
     rows = [CreditGroup(("[bold]x[/]", None), 5, 0, 1, 1, 0)]
-    text = render(audit.audit_table(report(rows, ("batch", "resolution"))))
+    text = render(audit_table(report(rows, ("batch", "resolution"))))
     assert "[bold]x[/]" in text
     assert "(server's choice)" in text
 
@@ -221,47 +224,103 @@ def test_chart_data_fills_missing_days_and_orders_models_by_spend() -> None:
         CreditGroup((date(2026, 1, 3), "b"), 50, 0, 1, 1, 0),
         CreditGroup((date(2026, 1, 3), "a"), 0, 5, 0, 0, 1),
     ]
-    data = audit.chart_data(groups)
+    data = chart.chart_data(groups)
     assert data.days == (date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3))
     assert list(data.series) == ["b", "a"]
     assert data.series["a"] == (5, 0, -5)
-    assert audit.chart_data([]).days == ()
+    assert chart.chart_data([]).days == ()
 
 
-@pytest.mark.parametrize("suffix", [".png", ".svg"])
-def test_chart_files_are_written(tmp_path: Path, suffix: str) -> None:
+CHART_GROUPS = [
+    CreditGroup((date(2026, 1, 1), "z-image-turbo"), 25, 0, 5, 5, 0),
+    CreditGroup((date(2026, 1, 2), "seedream-v4"), 160, 40, 3, 1, 1),
+    CreditGroup((date(2026, 1, 4), "z-image-turbo"), 0, 20, 0, 0, 1),  # negative day
+]
+CHART_DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+
+
+def test_the_chart_draws_each_models_net_per_day_stacked() -> None:
     pytest.importorskip("matplotlib")
-    groups = [
-        CreditGroup((date(2026, 1, 1), "z-image-turbo"), 25, 0, 5, 5, 0),
-        CreditGroup((date(2026, 1, 2), "seedream-v4"), 160, 40, 3, 1, 1),
-        CreditGroup((date(2026, 1, 4), "z-image-turbo"), 0, 20, 0, 0, 1),  # negative day
-    ]
-    path = tmp_path / "out" / f"credits{suffix}"
-    audit.write_chart(audit.chart_data(groups), path, title="Net credits per day by model")
+    figure = chart.draw_chart(chart.chart_data(CHART_GROUPS), title="Net credits per day by model")
+    [axes] = figure.axes
+    assert axes.get_title() == "Net credits per day by model"
+    assert [label.get_text() for label in axes.get_xticklabels()] == CHART_DAYS
+    legend = axes.get_legend()
+    assert legend is not None
+    # The biggest spender first: the bottom of the stack and the top of the legend.
+    assert [text.get_text() for text in legend.get_texts()] == ["seedream-v4", "z-image-turbo"]
+    seedream, turbo = axes.containers
+    assert [bar.get_height() for bar in seedream] == [0, 120, 0, 0]
+    assert [bar.get_height() for bar in turbo] == [25, 0, 0, -20]
+    # A day's refund recorded after its charge goes below zero, not into the bars above.
+    assert [bar.get_y() for bar in turbo] == [0, 120, 0, 0]
+
+
+def _pixels_of(image: Any, colour: str) -> int:
+    from matplotlib.colors import to_rgb
+
+    wanted = tuple(round(255 * c) for c in to_rgb(colour))
+    return sum(
+        count
+        for count, rgb in image.convert("RGB").getcolors(maxcolors=1 << 20)
+        if all(abs(a - b) <= 2 for a, b in zip(rgb, wanted, strict=True))
+    )
+
+
+def test_a_png_chart_shows_a_bar_colour_per_model(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    path = tmp_path / "out" / "credits.png"
+    chart.write_chart(chart.chart_data(CHART_GROUPS), path, title="Net credits per day by model")
     data = path.read_bytes()
     assert len(data) > 1000
-    if suffix == ".png":
-        assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    else:
-        assert b"<svg" in data
-        assert b"seedream-v4" in data or b"Net credits" in data or b"<path" in data
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (700, 500)  # 7 x 5 inches at 100 dpi: four days fit the minimum
+        # The first two colours of matplotlib's cycle: seedream-v4, then z-image-turbo.
+        first, second = _pixels_of(image, "C0"), _pixels_of(image, "C1")
+    assert first > 1000 and second > 1000, (first, second)
+    # seedream's one bar (120) is far taller than z-image-turbo's two (25 and -20).
+    assert first > second
+
+
+def test_an_svg_chart_names_the_days_models_and_title(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "credits.svg"
+    chart.write_chart(chart.chart_data(CHART_GROUPS), path, title="Net credits per day by model")
+    svg = path.read_text(encoding="utf-8")
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    for expected in [*CHART_DAYS, "seedream-v4", "z-image-turbo", "Net credits per day by model"]:
+        assert expected in texts, expected
+    # One bar per model and day: eight patches drawn in the plot area.
+    assert len(re.findall(r'<g id="patch_\d+">', svg)) >= 8
+    # The same ledger gives the same file: no creation date in it.
+    assert "<dc:date>" not in svg
 
 
 def test_an_empty_chart_is_still_a_chart(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
+    figure = chart.draw_chart(chart.chart_data([]), title="t")
+    [axes] = figure.axes
+    assert axes.containers == []
+    assert "no credits in this window" in [text.get_text() for text in axes.texts]
     path = tmp_path / "empty.png"
-    audit.write_chart(audit.chart_data([]), path, title="t")
+    chart.write_chart(chart.chart_data([]), path, title="t")
     assert path.stat().st_size > 0
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_chart_suffix_must_be_png_or_svg(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\.png or \.svg"):
-        audit.check_chart_path(tmp_path / "chart.pdf")
+        chart.check_chart_path(tmp_path / "chart.pdf")
 
 
 def test_missing_matplotlib_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes `import matplotlib` raise ImportError.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ConfigError, match=r"install batcher\[chart\]") as caught:
-        audit.require_matplotlib()
+        chart.require_matplotlib()
     assert caught.value.exit_code == 2

@@ -62,6 +62,8 @@ def test_a_folder_that_is_a_file_is_refused_before_anything_is_sent(tmp_path: Pa
     assert caught.value.exit_code == 2
     assert caught.value.path == str(tmp_path / "taken" / "out")
     assert "must be writable" in str(caught.value)
+    with pytest.raises(OutputFolderError, match="is a file, not a folder"):
+        prepare_folder(tmp_path / "taken")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

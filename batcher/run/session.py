@@ -1,0 +1,347 @@
+"""The sending use cases: `run` (job files), `resume` and `worker` (a batch in the
+ledger), from settings to one summary per batch.
+
+Each batch goes the same way: refuse bad input before anything is sent (job
+files, the output folder, the key, the endpoint), prepare the batch in the
+ledger, check the account (preflight), then run one `BatchRun` beside the
+caller's observer and the signal handler, and sum the ledger into a
+`RunSummary` whose exit code the CLI returns as is.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from batcher.client.magic_hour import MagicHourClient
+from batcher.errors import ConfigError
+from batcher.jobfile.catalog import CATALOG_ENV, Catalog, load_catalog
+from batcher.ledger import BatchRecord, Ledger, display_url
+from batcher.ledger.models import utcnow
+from batcher.reports.run_summary import RunStats, RunSummary, exit_code
+from batcher.run import prepare
+from batcher.run.batch_run import RunOptions, RunResult
+from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
+from batcher.run.files import MANIFEST, batch_folder, prepare_folder
+from batcher.run.observer import RunObserver, RunProgress
+from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
+from batcher.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_RENDER_RETRIES,
+    database_url,
+)
+
+JobPath = str | os.PathLike[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SendSettings:
+    """The settings every sending command shares (the flags of `run`, `resume`, `worker`)."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    rate: float | None = None
+    budget: int | None = None
+    out: Path | None = None
+    wait: bool = True
+    download: bool = True
+    render_retries: int = DEFAULT_RENDER_RETRIES
+    batch_concurrency: int | None = None
+    batch_rate: float | None = None
+    preflight: bool = True
+    # What `run` and `resume` requeue before sending; a joining worker takes the
+    # batch as it is.
+    resend_unconfirmed: bool = False
+    retry_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError(f"rate must be above 0 requests per second, not {self.rate}")
+        if self.budget is not None and self.budget < 0:
+            raise ConfigError(f"budget must be 0 or more credits, not {self.budget}")
+        if self.render_retries < 0:
+            raise ConfigError(f"render_retries must be 0 or more, not {self.render_retries}")
+
+    def run_options(self, *, joining: bool) -> RunOptions:
+        return RunOptions(
+            # A worker joining a --no-wait batch skips the poll pass: the renders
+            # its peers just submitted are theirs to follow.
+            poll_known_first=not (joining and not self.wait),
+            concurrency=self.concurrency,
+            rate=self.rate,
+            wait=self.wait,
+            download=self.download,
+            out_dir=self.out,
+            render_retries=self.render_retries,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Where a use case reads and writes: resolved once, flag over environment over default."""
+
+    db_url: str
+    catalog_path: str | None
+    base_url: str | None
+    environ: Mapping[str, str] | None
+    observer: RunObserver
+    handle_signals: bool
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        db: str | None,
+        catalog: JobPath | None,
+        base_url: str | None,
+        environ: Mapping[str, str] | None,
+        observer: RunObserver | None,
+        handle_signals: bool,
+    ) -> Context:
+        env = os.environ if environ is None else environ
+        return cls(
+            db_url=database_url(db, env),
+            catalog_path=os.fspath(catalog)
+            if catalog is not None
+            else env.get(CATALOG_ENV) or None,
+            base_url=base_url,
+            environ=environ,
+            observer=observer or RunObserver(),
+            handle_signals=handle_signals and can_handle_signals(),
+        )
+
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path)
+
+
+class _Warnings:
+    """One batch's warnings: shown live through the observer, kept for its summary."""
+
+    def __init__(self, observer: RunObserver) -> None:
+        self._observer = observer
+        self.messages: list[str] = []
+
+    def __call__(self, message: str | None) -> None:
+        if message:
+            self.messages.append(message)
+            self._observer.warning(message)
+
+
+async def run_jobs(
+    jobs: Sequence[str],
+    *,
+    sandbox: bool,
+    batch_name: str | None,
+    settings: SendSettings,
+    max_items: int | None = None,
+    context: Context,
+) -> tuple[RunSummary, ...]:
+    """`batcher run`: every job file's batch, one after the other; stops after one
+    that was interrupted by a signal."""
+    if not jobs:
+        raise ConfigError("no job file given")
+    catalog = context.catalog()
+    specs = prepare.load_jobs(jobs, catalog, batch_name=batch_name, max_items=max_items)
+    observer = context.observer
+    summaries: list[RunSummary] = []
+    with open_endpoint(
+        sandbox=sandbox,
+        base_url=context.base_url,
+        environ=context.environ,
+        on_sandbox=observer.sandbox_started,
+    ) as endpoint:
+        # Every output folder before the ledger is touched: a bad --out is bad
+        # input, refused with nothing sent and nothing written.
+        for spec in specs:
+            prepare_folder(batch_folder(settings.out, spec.name))
+        with await _open_ledger(context.db_url, create=True) as ledger:
+            for spec in specs:
+                warn = _Warnings(observer)
+                for problem in spec.warnings:
+                    warn(str(problem))
+                prepared = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        prepare.prepare_batch,
+                        ledger,
+                        spec,
+                        catalog,
+                        budget=settings.budget,
+                        retry_failed=settings.retry_failed,
+                        resend_unconfirmed=settings.resend_unconfirmed,
+                    )
+                )
+                warn(check_endpoint(ledger, prepared.batch, endpoint))
+                observer.prepared(prepared, display_url(context.db_url))
+                summary = await drive(
+                    ledger, endpoint, prepared.batch, catalog, settings, context, warn
+                )
+                summaries.append(summary)
+                if summary.interrupted:
+                    break
+    return tuple(summaries)
+
+
+async def serve_batch(
+    name: str,
+    *,
+    sandbox: bool,
+    requeue: bool,
+    settings: SendSettings,
+    context: Context,
+) -> RunSummary:
+    """`batcher resume` (`requeue`: retry what is retryable first) or `batcher worker`
+    (join the batch as it is). The ledger must exist."""
+    catalog = context.catalog()
+    observer = context.observer
+    warn = _Warnings(observer)
+    with await _open_ledger(context.db_url, create=False) as ledger:
+        batch = prepare.find_batch(ledger, name)
+        prepare_folder(batch_folder(settings.out, batch.name))
+        with open_endpoint(
+            sandbox=sandbox,
+            base_url=context.base_url,
+            environ=context.environ,
+            on_sandbox=observer.sandbox_started,
+        ) as endpoint:
+            warn(check_endpoint(ledger, batch, endpoint))
+            if requeue:
+                prepared = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        prepare.resume_batch,
+                        ledger,
+                        name,
+                        budget=settings.budget,
+                        retry_failed=settings.retry_failed,
+                        resend_unconfirmed=settings.resend_unconfirmed,
+                    )
+                )
+                observer.prepared(prepared, display_url(context.db_url))
+                batch = prepared.batch
+            elif settings.budget is not None:
+                ledger.set_budget(batch.id, settings.budget)
+                batch = ledger.get_batch_by_id(batch.id)
+            summary = await drive(
+                ledger, endpoint, batch, catalog, settings, context, warn, joining=not requeue
+            )
+    return summary
+
+
+async def _open_ledger(url: str, *, create: bool) -> Ledger:
+    # Opening applies migrations: disk and database work, off the event loop.
+    return await anyio.to_thread.run_sync(functools.partial(Ledger.open, url, create=create))
+
+
+async def drive(
+    ledger: Ledger,
+    endpoint: Endpoint,
+    batch: BatchRecord,
+    catalog: Catalog,
+    settings: SendSettings,
+    context: Context,
+    warn: _Warnings,
+    *,
+    joining: bool = False,
+) -> RunSummary:
+    """Run one worker on `batch` to its end and sum up the batch."""
+    options = settings.run_options(joining=joining)
+    batch = prepare.set_shared_limits(
+        ledger, batch, rate=settings.batch_rate, concurrency=settings.batch_concurrency
+    )
+    observer = context.observer
+    signals = SignalsSeen()
+    started_at = utcnow()
+    async with MagicHourClient(endpoint.api, concurrency=options.concurrency) as client:
+        if settings.preflight:
+            report = await prepare.preflight(client, ledger, batch, catalog)
+            warn(report.warning)
+        run = prepare.new_run(ledger, client, batch, options)
+        counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
+        todo = sum(n for state, n in counts.items() if state != "complete")
+        progress = RunProgress(batch.name, todo, options.wait, run)
+        result = await _run_beside(progress, observer, signals, context.handle_signals)
+    finished_at = utcnow()
+    summary = await anyio.to_thread.run_sync(
+        functools.partial(
+            _summarise,
+            ledger,
+            result,
+            settings,
+            started_at=started_at,
+            finished_at=finished_at,
+            code=exit_code(result, interrupted_code=signals.exit_code),
+            db=display_url(context.db_url),
+            warnings=tuple(warn.messages),
+        )
+    )
+    observer.finished(summary)
+    return summary
+
+
+async def _run_beside(
+    progress: RunProgress, observer: RunObserver, signals: SignalsSeen, handle_signals: bool
+) -> RunResult:
+    """`run.run()` with the observer and the signal handler beside it; the run's own
+    error (a rejected key...) comes out as itself, not inside an ExceptionGroup."""
+    run = progress.run
+    result: RunResult | None = None
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+        if handle_signals:
+            tasks.start_soon(stop_on_signals, run, observer, signals)
+        tasks.start_soon(observer.follow, progress)
+        try:
+            result = await run.run()
+        except Exception as exc:
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    assert result is not None
+    return result
+
+
+def _summarise(
+    ledger: Ledger,
+    result: RunResult,
+    settings: SendSettings,
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    code: int,
+    db: str,
+    warnings: tuple[str, ...],
+) -> RunSummary:
+    [totals] = ledger.batch_summaries(result.batch)
+    folder = batch_folder(settings.out, result.batch)
+    return RunSummary(
+        batch=result.batch,
+        exit_code=code,
+        items=totals.items,
+        states=dict(result.states),
+        credits_charged=totals.credits_charged,
+        credits_refunded=totals.credits_refunded,
+        credits_net=totals.credits_net,
+        started_at=started_at,
+        finished_at=finished_at,
+        duration_s=(finished_at - started_at).total_seconds(),
+        out=folder,
+        manifest=folder / MANIFEST,
+        gallery=None,
+        stopped=result.stopped,
+        stop_detail=result.stop_detail,
+        unsent=result.unsent,
+        waited=result.waited,
+        downloaded=settings.download,
+        counters=RunStats.of(result.counters),
+        db=db,
+        warnings=warnings,
+    )
