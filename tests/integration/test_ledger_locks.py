@@ -190,9 +190,14 @@ def test_a_deadlock_with_another_transaction_is_run_again_and_logged_in_one_line
             other.execute("COMMIT")
             thread.join(timeout=60)
     assert not errors, errors
-    [record] = conflicts(caplog)
-    assert record.levelno == logging.WARNING
-    assert record.exc_info is None
-    message = record.getMessage()
-    assert "\n" not in message
-    assert message == "ledger transaction lost a deadlock; running it again (attempt 2 of 5)"
+    # Usually one retry; on a loaded machine the retry can meet the other
+    # transaction's second lock too and lose once more. Each is one line.
+    records = conflicts(caplog)
+    assert records, caplog.text
+    for record in records:
+        assert record.levelno == logging.WARNING
+        assert record.exc_info is None
+        assert "\n" not in record.getMessage()
+    assert records[0].getMessage() == (
+        "ledger transaction lost a deadlock; running it again (attempt 2 of 5)"
+    )
