@@ -32,7 +32,12 @@ from batcher.jobfile.catalog import CATALOG_ENV, load_catalog
 from batcher.jobfile.loader import collect_jobs
 from batcher.jobfile.plan import build_plan
 from batcher.jobfile.results import JobCheck, PlanReport, Validation
-from batcher.settings import DEFAULT_CONCURRENCY, DEFAULT_RENDER_RETRIES, database_url
+from batcher.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_RENDER_RETRIES,
+    database_url,
+)
 
 # Everything past the job files (SQLAlchemy, httpx, anyio, the runner) is imported
 # inside the calls that need it: `batcher validate` and `batcher plan` stay cheap.
@@ -160,6 +165,9 @@ async def run_many_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -177,9 +185,11 @@ async def run_many_async(
     after the other; a summary per batch (it stops after one interrupted by a signal).
 
     `sandbox`: run against a local emulator started for the call (no key, no
-    credits). `handle_signals`: the first SIGINT/SIGTERM stops sending and records
-    the creates in flight (exit code 130/143), the second aborts them; only on
-    the main thread.
+    credits). `metadata=False` leaves every image byte for byte as downloaded
+    (no provenance chunks); `max_image_bytes` caps each download; `gallery=False`
+    skips refreshing the batch's gallery page at the end. `handle_signals`: the
+    first SIGINT/SIGTERM stops sending and records the creates in flight (exit
+    code 130/143), the second aborts them; only on the main thread.
     """
     from batcher.run.session import Context, SendSettings, run_jobs
 
@@ -190,6 +200,9 @@ async def run_many_async(
         out=Path(out) if out is not None else None,
         wait=wait,
         download=download,
+        metadata=metadata,
+        max_image_bytes=max_image_bytes,
+        gallery=gallery,
         render_retries=render_retries,
         batch_concurrency=batch_concurrency,
         batch_rate=batch_rate,
@@ -227,6 +240,9 @@ async def run_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -263,6 +279,9 @@ async def run_async(
         out=out,
         wait=wait,
         download=download,
+        metadata=metadata,
+        max_image_bytes=max_image_bytes,
+        gallery=gallery,
         render_retries=render_retries,
         batch_concurrency=batch_concurrency,
         batch_rate=batch_rate,
@@ -289,6 +308,9 @@ async def resume_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -322,6 +344,9 @@ async def resume_async(
             out=Path(out) if out is not None else None,
             wait=wait,
             download=download,
+            metadata=metadata,
+            max_image_bytes=max_image_bytes,
+            gallery=gallery,
             render_retries=render_retries,
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
@@ -349,6 +374,9 @@ async def worker_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -375,6 +403,9 @@ async def worker_async(
             out=Path(out) if out is not None else None,
             wait=wait,
             download=download,
+            metadata=metadata,
+            max_image_bytes=max_image_bytes,
+            gallery=gallery,
             render_retries=render_retries,
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,

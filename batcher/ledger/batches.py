@@ -3,7 +3,6 @@ resume, and the counts and pages the run and the reports read."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -26,6 +25,7 @@ from batcher.ledger.values import (
     ItemRecord,
     RequeueCounts,
     SyncResult,
+    files_from_json,
 )
 
 INSERT_CHUNK = 1000
@@ -360,9 +360,7 @@ def batch_record(row: Row[Any]) -> BatchRecord:
 
 
 def item_record(row: Row[Any]) -> ItemRecord:
-    files = row.files
-    if isinstance(files, str):
-        files = json.loads(files)
+    files = files_from_json(row.files)
     return ItemRecord(
         id=row.id,
         batch_id=row.batch_id,
@@ -388,9 +386,10 @@ def item_record(row: Row[Any]) -> ItemRecord:
         credits_reserved=int(row.credits_reserved),
         error_status=row.error_status,
         error_message=row.error_message,
-        files=tuple(files or ()),
+        files=tuple(f.path for f in files),
         source_path=row.source_path,
         source_line=row.source_line,
+        file_details=files,
     )
 
 

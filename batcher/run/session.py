@@ -11,8 +11,9 @@ caller's observer and the signal handler, and sum the ledger into a
 from __future__ import annotations
 
 import functools
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,18 +26,22 @@ from batcher.errors import ConfigError
 from batcher.jobfile.catalog import CATALOG_ENV, Catalog, load_catalog
 from batcher.ledger import BatchRecord, Ledger, display_url
 from batcher.ledger.models import utcnow
+from batcher.reports.gallery import PAGE_NAME, write_gallery
 from batcher.reports.run_summary import RunStats, RunSummary, exit_code
 from batcher.run import prepare
-from batcher.run.batch_run import RunOptions, RunResult
+from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_RENDER_RETRIES,
     database_url,
 )
+
+log = logging.getLogger(__name__)
 
 JobPath = str | os.PathLike[str]
 
@@ -51,6 +56,9 @@ class SendSettings:
     out: Path | None = None
     wait: bool = True
     download: bool = True
+    metadata: bool = True  # provenance chunks in PNGs (False: --no-metadata)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    gallery: bool = True  # refresh out/<batch>/index.html at the end (False: --no-gallery)
     render_retries: int = DEFAULT_RENDER_RETRIES
     batch_concurrency: int | None = None
     batch_rate: float | None = None
@@ -69,6 +77,10 @@ class SendSettings:
             raise ConfigError(f"budget must be 0 or more credits, not {self.budget}")
         if self.render_retries < 0:
             raise ConfigError(f"render_retries must be 0 or more, not {self.render_retries}")
+        if self.max_image_bytes < 1:
+            raise ConfigError(
+                f"max_image_bytes must be at least 1 byte, not {self.max_image_bytes}"
+            )
 
     def run_options(self, *, joining: bool) -> RunOptions:
         return RunOptions(
@@ -79,6 +91,7 @@ class SendSettings:
             rate=self.rate,
             wait=self.wait,
             download=self.download,
+            metadata=self.metadata,
             out_dir=self.out,
             render_retries=self.render_retries,
         )
@@ -258,7 +271,9 @@ async def drive(
     observer = context.observer
     signals = SignalsSeen()
     started_at = utcnow()
-    async with MagicHourClient(endpoint.api, concurrency=options.concurrency) as client:
+    async with MagicHourClient(
+        endpoint.api, concurrency=options.concurrency, max_download_bytes=settings.max_image_bytes
+    ) as client:
         if settings.preflight:
             report = await prepare.preflight(client, ledger, batch, catalog)
             warn(report.warning)
@@ -267,6 +282,7 @@ async def drive(
         todo = sum(n for state, n in counts.items() if state != "complete")
         progress = RunProgress(batch.name, todo, options.wait, run)
         result = await _run_beside(progress, observer, signals, context.handle_signals)
+    gallery = await refresh_gallery(ledger, batch, settings, result, warn)
     finished_at = utcnow()
     summary = await anyio.to_thread.run_sync(
         functools.partial(
@@ -279,10 +295,39 @@ async def drive(
             code=exit_code(result, interrupted_code=signals.exit_code),
             db=display_url(context.db_url),
             warnings=tuple(warn.messages),
+            gallery=gallery,
         )
     )
     observer.finished(summary)
     return summary
+
+
+async def refresh_gallery(
+    ledger: Ledger,
+    batch: BatchRecord,
+    settings: SendSettings,
+    result: RunResult,
+    warn: Callable[[str | None], None],
+) -> Path | None:
+    """Rewrite the batch's gallery page at the end of a run that downloaded images
+    (or whose page exists already: it would show old states), and return its path.
+    Skipped with `--no-gallery`, `--no-download` and after an interruption (the
+    user wants out). A failure is a warning: the images and the ledger are what
+    the run was for."""
+    if not (settings.download and settings.gallery) or result.stopped == STOP_INTERRUPTED:
+        return None
+    folder = batch_folder(settings.out, batch.name)
+    if result.counters.images == 0 and not (folder / PAGE_NAME).exists():
+        return None
+    try:
+        written = await anyio.to_thread.run_sync(
+            functools.partial(write_gallery, ledger, batch.name, out_dir=folder)
+        )
+    except Exception as exc:  # any failure of the page is only a warning
+        log.debug("gallery failed", exc_info=True)
+        warn(f"the gallery was not refreshed: {exc}")
+        return None
+    return written.path
 
 
 async def _run_beside(
@@ -319,6 +364,7 @@ def _summarise(
     code: int,
     db: str,
     warnings: tuple[str, ...],
+    gallery: Path | None = None,
 ) -> RunSummary:
     [totals] = ledger.batch_summaries(result.batch)
     folder = batch_folder(settings.out, result.batch)
@@ -335,7 +381,7 @@ def _summarise(
         duration_s=(finished_at - started_at).total_seconds(),
         out=folder,
         manifest=folder / MANIFEST,
-        gallery=None,
+        gallery=gallery,
         stopped=result.stopped,
         stop_detail=result.stop_detail,
         unsent=result.unsent,
