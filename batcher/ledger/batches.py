@@ -169,6 +169,69 @@ def sync_items(
     return db.write(work, retry=False)
 
 
+def add_items(
+    db: Database,
+    batch_id: int,
+    items: Sequence[JobItem],
+    *,
+    estimate: Callable[[ItemSettings], tuple[int, bool]],
+    project_name: Callable[[JobItem], str],
+    redo_of: Mapping[str, int],
+) -> SyncResult:
+    """Add items to a batch without touching the others (what `rerun` does; a job
+    file's run uses `sync_items`), in one transaction: each new item with the
+    id of the item it redoes (`redo_of`, by new key), so a rerun is never
+    recorded without its link. Keys already in the batch are kept as they are.
+    """
+
+    def work(conn: Connection) -> SyncResult:
+        now = db.clock()
+        keys = [item.key for item in items]
+        existing = set(
+            conn.scalars(
+                select(ITEMS.c.key).where(ITEMS.c.batch_id == batch_id, ITEMS.c.key.in_(keys))
+            )
+        )
+        rows = []
+        for item in items:
+            if item.key in existing:
+                continue
+            credits, exact = estimate(item.settings)
+            row = _item_row(batch_id, item, credits, exact, project_name(item), now)
+            row["redo_of_item_id"] = redo_of.get(item.key)
+            rows.append(row)
+            existing.add(item.key)
+        for start in range(0, len(rows), INSERT_CHUNK):
+            conn.execute(insert(ITEMS), rows[start : start + INSERT_CHUNK])
+        conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(updated_at=now))
+        return SyncResult(added=len(rows), kept=len(items) - len(rows), dropped=0)
+
+    return db.write(work)
+
+
+def drop_unsent(db: Database, batch_id: int, keys: Sequence[str]) -> int:
+    """Delete the items of `keys` that were never sent and nobody holds (a rerun
+    refused before sending takes back what it added); how many went."""
+    if not keys:
+        return 0
+
+    def work(conn: Connection) -> int:
+        dropped = 0
+        for start in range(0, len(keys), INSERT_CHUNK):
+            dropped += conn.execute(
+                delete(ITEMS).where(
+                    ITEMS.c.batch_id == batch_id,
+                    ITEMS.c.key.in_(list(keys[start : start + INSERT_CHUNK])),
+                    ITEMS.c.state == "pending",
+                    ITEMS.c.attempts == 0,
+                    ITEMS.c.worker_id.is_(None),
+                )
+            ).rowcount
+        return dropped
+
+    return db.write(work)
+
+
 def requeue(
     db: Database, batch_id: int, *, retry_failed: bool, resend_unconfirmed: bool
 ) -> RequeueCounts:

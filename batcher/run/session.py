@@ -1,5 +1,6 @@
 """The sending use cases: `run` (job files), `resume` and `worker` (a batch in the
-ledger), from settings to one summary per batch.
+ledger), and `rerun` (a batch's rejected images), from settings to one summary
+per batch.
 
 Each batch goes the same way: refuse bad input before anything is sent (job
 files, the output folder, the key, the endpoint), prepare the batch in the
@@ -14,7 +15,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,17 +23,34 @@ import anyio
 import anyio.to_thread
 
 from batcher.client.magic_hour import MagicHourClient
-from batcher.errors import ConfigError
+from batcher.errors import ConfigError, InputError
 from batcher.jobfile.catalog import CATALOG_ENV, Catalog, load_catalog
-from batcher.ledger import BatchRecord, Ledger, display_url
+from batcher.jobfile.items import ItemSettings, project_name
+from batcher.ledger import (
+    BatchRecord,
+    ItemRecord,
+    Ledger,
+    RequeueCounts,
+    SyncResult,
+    display_url,
+)
 from batcher.ledger.models import utcnow
-from batcher.reports.gallery import PAGE_NAME, write_gallery
+from batcher.reports.gallery import PAGE_NAME, gallery_folder, write_gallery
 from batcher.reports.run_summary import RunStats, RunSummary, exit_code
 from batcher.run import prepare
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress
+from batcher.run.rerun import (
+    REJECT,
+    RerunPlan,
+    RerunResult,
+    check_overrides,
+    keys_needed,
+    new_items,
+    plan_rerun,
+)
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
@@ -391,3 +409,169 @@ def _summarise(
         db=db,
         warnings=warnings,
     )
+
+
+# --------------------------------------------------------------------------- rerun
+
+
+async def rerun_batch(
+    name: str,
+    *,
+    sandbox: bool,
+    model: str | None,
+    resolution: str | None,
+    again: bool,
+    dry_run: bool,
+    confirm: Callable[[RerunPlan], bool] | None,
+    settings: SendSettings,
+    context: Context,
+) -> RerunResult:
+    """`batcher rerun BATCH --rejected`: plan a new item for each item with a rejected
+    image; with `dry_run` stop there (nothing written, nothing sent); otherwise,
+    once `confirm(plan)` says yes (None: yes), add them to the batch, each linked
+    to the item it redoes, and run them like `run` (preflight, budget, progress).
+
+    `settings.budget` is this rerun's own cap: the batch's budget becomes what
+    it has spent so far plus that much.
+    """
+    catalog = context.catalog()
+    check_overrides(catalog, model, resolution)
+    observer = context.observer
+    warn = _Warnings(observer)
+    with await _open_ledger(context.db_url, create=False) as ledger:
+        batch = prepare.find_batch(ledger, name)
+        planned = await anyio.to_thread.run_sync(
+            functools.partial(
+                _plan_rerun,
+                ledger,
+                batch,
+                catalog,
+                model=model,
+                resolution=resolution,
+                again=again,
+                budget=settings.budget,
+            )
+        )
+        plan = planned.plan
+        if dry_run or not plan.entries:
+            return RerunResult(plan, dry_run=dry_run)
+        if plan.other_pending:
+            raise ConfigError(
+                f"batch {batch.name!r} has {plan.other_pending} pending item(s) that are not "
+                f"reruns; a rerun sends only its own: `batcher resume {batch.name}` sends "
+                "those first. Nothing was sent"
+            )
+        folder = settings.out or gallery_folder(ledger, batch.name, None)
+        prepare_folder(batch_folder(folder, batch.name))
+        with open_endpoint(
+            sandbox=sandbox,
+            base_url=context.base_url,
+            environ=context.environ,
+            on_sandbox=observer.sandbox_started,
+        ) as endpoint:
+            warn(check_endpoint(ledger, batch, endpoint))
+            if confirm is not None and not await anyio.to_thread.run_sync(confirm, plan):
+                return RerunResult(plan, declined=True)
+            batch, added = await anyio.to_thread.run_sync(
+                functools.partial(_add_reruns, ledger, batch, planned, catalog, settings.budget)
+            )
+            observer.prepared(
+                prepare.PreparedBatch(batch, added, RequeueCounts()), display_url(context.db_url)
+            )
+            # The canary (`run --canary N`, from the canary branch) goes here once
+            # SendSettings carries it: drive() runs it for a rerun as for `run`.
+            try:
+                summary = await drive(
+                    ledger,
+                    endpoint,
+                    batch,
+                    catalog,
+                    replace(settings, out=folder, budget=None),
+                    context,
+                    warn,
+                )
+            except InputError:
+                # Refused before sending (preflight, a rejected key): take back
+                # the reruns just added, so that nothing is left half-done.
+                keys = [entry.key for entry in plan.new]
+                await anyio.to_thread.run_sync(ledger.drop_unsent, batch.id, keys)
+                raise
+    return RerunResult(plan, summary)
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedRerun:
+    plan: RerunPlan
+    items: Mapping[str, ItemRecord]  # the rejected items and the batch's reruns, by key
+    next_ordinal: int  # after the batch's last item
+
+
+def _plan_rerun(
+    ledger: Ledger,
+    batch: BatchRecord,
+    catalog: Catalog,
+    *,
+    model: str | None,
+    resolution: str | None,
+    again: bool,
+    budget: int | None,
+) -> _PlannedRerun:
+    rejected = ledger.reviewed_images(batch.id, verdict=REJECT)
+    links = ledger.redo_links(batch.id)
+    wanted = keys_needed(rejected, links)
+    found: dict[str, ItemRecord] = {}
+    last = -1
+    other_pending = 0
+    for record in ledger.items(batch.id):
+        last = max(last, record.ordinal)
+        if record.key in wanted:
+            found[record.key] = record
+        elif record.state == "pending" and record.key not in links:
+            other_pending += 1
+    if budget is not None:
+        budget_left: int | None = budget
+    elif batch.budget is not None:
+        budget_left = max(0, batch.budget - batch.credits_net - batch.credits_reserved)
+    else:
+        budget_left = None
+    plan = plan_rerun(
+        batch.name,
+        rejected,
+        found,
+        links,
+        catalog,
+        model=model,
+        resolution=resolution,
+        again=again,
+        other_pending=other_pending,
+        budget_left=budget_left,
+    )
+    return _PlannedRerun(plan, found, last + 1)
+
+
+def _add_reruns(
+    ledger: Ledger,
+    batch: BatchRecord,
+    planned: _PlannedRerun,
+    catalog: Catalog,
+    budget: int | None,
+) -> tuple[BatchRecord, SyncResult]:
+    """The plan's new items in the ledger, linked to the items they redo; the batch's
+    budget raised to this rerun's cap when one was given."""
+    items = planned.items
+
+    def estimate(settings: ItemSettings) -> tuple[int, bool]:
+        value = catalog.estimate(settings)
+        return value.credits, value.exact
+
+    added = ledger.add_items(
+        batch.id,
+        new_items(planned.plan, items, planned.next_ordinal),
+        estimate=estimate,
+        project_name=lambda item: project_name(batch.name, item.key, item.settings),
+        redo_of={entry.key: items[entry.redoes].id for entry in planned.plan.new},
+    )
+    if budget is not None:
+        current = ledger.get_batch_by_id(batch.id)
+        ledger.set_budget(batch.id, current.credits_net + current.credits_reserved + budget)
+    return ledger.get_batch_by_id(batch.id), added
