@@ -217,3 +217,13 @@ def test_the_cli_asks_and_without_a_terminal_stops_after_the_plan(
     )
     [row] = json.loads(status.stdout)["batches"]
     assert row["reviews"] == {"picked": 1, "rejected": 3}
+    table = subprocess.run(
+        batcher_command("status", "--db", batch.db_url),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    header, line = table.stdout.splitlines()[1:3]
+    assert header.split()[-2:] == ["picked", "rejected"]
+    assert line.split()[-2:] == ["1", "3"]
