@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from batcher.errors import (
     ApiError,
     AuthError,
+    BadDownloadError,
     BatcherError,
     CatalogError,
     ConfigError,
     ConnectError,
     DownloadExpiredError,
+    DownloadTooLargeError,
     InputError,
     JobFileError,
     LedgerBusyError,
@@ -63,6 +65,8 @@ if TYPE_CHECKING:
         plan,
         reconcile,
         reconcile_async,
+        rerun,
+        rerun_async,
         resume,
         resume_async,
         run,
@@ -81,6 +85,7 @@ if TYPE_CHECKING:
     from batcher.reports.run_summary import RunStats, RunSummary
     from batcher.reports.status import BatchStatus, StatusReport, WorkerView
     from batcher.run.observer import RunObserver, RunProgress
+    from batcher.run.rerun import RerunEntry, RerunPlan, RerunResult
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY: dict[str, str] = {
@@ -96,6 +101,8 @@ _LAZY: dict[str, str] = {
             "resume_async",
             "worker",
             "worker_async",
+            "rerun",
+            "rerun_async",
             "status",
             "status_async",
             "items",
@@ -128,6 +135,9 @@ _LAZY: dict[str, str] = {
     "WorkerView": "batcher.reports.status",
     "RunObserver": "batcher.run.observer",
     "RunProgress": "batcher.run.observer",
+    "RerunEntry": "batcher.run.rerun",
+    "RerunPlan": "batcher.run.rerun",
+    "RerunResult": "batcher.run.rerun",
 }
 
 __all__ = [
@@ -136,12 +146,14 @@ __all__ = [
     "AuditReport",
     "AuditRow",
     "AuthError",
+    "BadDownloadError",
     "BatchStatus",
     "BatcherError",
     "CatalogError",
     "ConfigError",
     "ConnectError",
     "DownloadExpiredError",
+    "DownloadTooLargeError",
     "InputError",
     "ItemView",
     "ItemsReport",
@@ -163,6 +175,9 @@ __all__ = [
     "PreflightError",
     "Problem",
     "ReconcileReport",
+    "RerunEntry",
+    "RerunPlan",
+    "RerunResult",
     "ResponseLostError",
     "ReviewError",
     "RunObserver",
@@ -184,6 +199,8 @@ __all__ = [
     "plan",
     "reconcile",
     "reconcile_async",
+    "rerun",
+    "rerun_async",
     "resume",
     "resume_async",
     "run",

@@ -17,13 +17,16 @@
     │   ├── ConnectError              the request surely never reached the server
     │   └── ResponseLostError         the request may have been processed; answer lost
     │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
+    ├── BadDownloadError              a completed render gave no usable image: too few URLs, or a
+    │   │                             body that is empty, not an image or over the size cap
+    │   ├── NotAnImageError           a downloaded file is not a PNG, JPEG or WebP image
+    │   └── DownloadTooLargeError     a download went over --max-image-bytes (stopped there)
     ├── LedgerError                   the ledger database is unusable
     │   ├── LedgerBusyError           locked by another process for longer than the busy timeout
     │   ├── LedgerCorruptError        exit 2: not a SQLite database, or a damaged one
     │   ├── LedgerReadOnlyError       exit 2: the file or its folder cannot be written
     │   └── LedgerVersionError        exit 2: a schema revision this batcher does not know
     └── OutputError                   an output file or folder cannot be read or written
-        └── NotAnImageError           a downloaded file is not a PNG, JPEG or WebP image
 
 httpx, SQLAlchemy, YAML and disk (OSError) exceptions are translated into these at the module
 that talks to them and never escape the library.
@@ -165,6 +168,36 @@ class MalformedResponseError(ResponseLostError):
         super().__init__(message)
 
 
+class BadDownloadError(BatcherError):
+    """A completed render gave no usable image: the project listed fewer download
+    URLs than the images ordered, or a body was empty, not an image, or over the
+    size cap. Not a disk error and not retried as such: the follower asks the
+    project again for fresh URLs, a few times, then fails the item with this
+    reason (`resume` polls it again; the render was paid, it is never re-created).
+    """
+
+
+class NotAnImageError(BadDownloadError):
+    """A downloaded file is not a PNG, JPEG or WebP image (its first bytes say so)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, *, action: str = "use") -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot {action} {self.path}: {reason}")
+
+
+class DownloadTooLargeError(BadDownloadError):
+    """A download went over the size cap (`--max-image-bytes`); it was stopped there
+    and nothing of it is kept."""
+
+    def __init__(self, where: str, limit: int) -> None:
+        self.where = where
+        self.limit = limit
+        super().__init__(
+            f"download {where}: larger than the {limit:,}-byte cap (--max-image-bytes)"
+        )
+
+
 class LedgerError(BatcherError):
     """The ledger database cannot be opened, migrated or written.
 
@@ -231,10 +264,6 @@ class OutputError(BatcherError):
 
 class OutputFolderError(OutputError, InputError):
     """The output folder cannot be created or written: found before anything is sent (exit 2)."""
-
-
-class NotAnImageError(OutputError):
-    """A downloaded file is not a PNG, JPEG or WebP image (its first bytes say so)."""
 
 
 class ReviewError(InputError):

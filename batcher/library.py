@@ -6,7 +6,8 @@
     summary = batcher.run(["jobs/demo.yaml"], sandbox=True, concurrency=8)
     print(summary.exit_code, summary.states, summary.credits_net, summary.gallery)
     for b in batcher.status(db="sqlite:///batcher.db"):
-        print(b.name, b.states)
+        print(b.name, b.states, b.reviews)
+    print(batcher.rerun("demo", rejected=True, dry_run=True).plan.credits)
 
 Every function takes the settings of its command's flags as keyword arguments;
 what is not given comes from the environment (`env`, default `os.environ`:
@@ -32,7 +33,12 @@ from batcher.jobfile.catalog import CATALOG_ENV, load_catalog
 from batcher.jobfile.loader import collect_jobs
 from batcher.jobfile.plan import build_plan
 from batcher.jobfile.results import JobCheck, PlanReport, Validation
-from batcher.settings import DEFAULT_CONCURRENCY, DEFAULT_RENDER_RETRIES, database_url
+from batcher.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_RENDER_RETRIES,
+    database_url,
+)
 
 # Everything past the job files (SQLAlchemy, httpx, anyio, the runner) is imported
 # inside the calls that need it: `batcher validate` and `batcher plan` stay cheap.
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
     from batcher.reports.run_summary import RunSummary
     from batcher.reports.status import StatusReport
     from batcher.run.observer import RunObserver
+    from batcher.run.rerun import RerunPlan, RerunResult
     from batcher.settings import ApiConfig
 
 DEFAULT_GROUP_BY = ("batch",)
@@ -160,6 +167,9 @@ async def run_many_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -177,9 +187,11 @@ async def run_many_async(
     after the other; a summary per batch (it stops after one interrupted by a signal).
 
     `sandbox`: run against a local emulator started for the call (no key, no
-    credits). `handle_signals`: the first SIGINT/SIGTERM stops sending and records
-    the creates in flight (exit code 130/143), the second aborts them; only on
-    the main thread.
+    credits). `metadata=False` leaves every image byte for byte as downloaded
+    (no provenance chunks); `max_image_bytes` caps each download; `gallery=False`
+    skips refreshing the batch's gallery page at the end. `handle_signals`: the
+    first SIGINT/SIGTERM stops sending and records the creates in flight (exit
+    code 130/143), the second aborts them; only on the main thread.
     """
     from batcher.run.session import Context, SendSettings, run_jobs
 
@@ -190,6 +202,9 @@ async def run_many_async(
         out=Path(out) if out is not None else None,
         wait=wait,
         download=download,
+        metadata=metadata,
+        max_image_bytes=max_image_bytes,
+        gallery=gallery,
         render_retries=render_retries,
         batch_concurrency=batch_concurrency,
         batch_rate=batch_rate,
@@ -227,6 +242,9 @@ async def run_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -263,6 +281,9 @@ async def run_async(
         out=out,
         wait=wait,
         download=download,
+        metadata=metadata,
+        max_image_bytes=max_image_bytes,
+        gallery=gallery,
         render_retries=render_retries,
         batch_concurrency=batch_concurrency,
         batch_rate=batch_rate,
@@ -289,6 +310,9 @@ async def resume_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -322,6 +346,9 @@ async def resume_async(
             out=Path(out) if out is not None else None,
             wait=wait,
             download=download,
+            metadata=metadata,
+            max_image_bytes=max_image_bytes,
+            gallery=gallery,
             render_retries=render_retries,
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
@@ -349,6 +376,9 @@ async def worker_async(
     out: PathLike | None = None,
     wait: bool = True,
     download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
     render_retries: int = DEFAULT_RENDER_RETRIES,
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
@@ -375,6 +405,88 @@ async def worker_async(
             out=Path(out) if out is not None else None,
             wait=wait,
             download=download,
+            metadata=metadata,
+            max_image_bytes=max_image_bytes,
+            gallery=gallery,
+            render_retries=render_retries,
+            batch_concurrency=batch_concurrency,
+            batch_rate=batch_rate,
+            preflight=preflight,
+        ),
+        context=Context.resolve(
+            db=db,
+            catalog=catalog,
+            base_url=base_url,
+            environ=env,
+            observer=observer,
+            handle_signals=handle_signals,
+        ),
+    )
+
+
+async def rerun_async(
+    batch: str,
+    *,
+    rejected: bool = True,
+    model: str | None = None,
+    resolution: str | None = None,
+    again: bool = False,
+    dry_run: bool = False,
+    confirm: Callable[[RerunPlan], bool] | None = None,
+    sandbox: bool = False,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    rate: float | None = None,
+    budget: int | None = None,
+    out: PathLike | None = None,
+    wait: bool = True,
+    download: bool = True,
+    metadata: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    gallery: bool = True,
+    render_retries: int = DEFAULT_RENDER_RETRIES,
+    batch_concurrency: int | None = None,
+    batch_rate: float | None = None,
+    preflight: bool = True,
+    db: str | None = None,
+    catalog: PathLike | None = None,
+    base_url: str | None = None,
+    env: Environ = None,
+    observer: RunObserver | None = None,
+    handle_signals: bool = True,
+) -> RerunResult:
+    """A new item for each item of `batch` with a rejected image (`batcher review`),
+    with the same prompt and settings unless `model` or `resolution` override
+    them (checked against the catalog), each linked to the item it redoes.
+
+    Returns the plan (`RerunResult.plan`: the items and their estimated cost)
+    and, unless `dry_run` (nothing written, nothing sent) or `confirm(plan)`
+    answered False, the run's summary: the new items run like `run`'s (preflight,
+    progress, the gallery refreshed). `budget` caps what this rerun spends.
+    Items that have a rerun already are left out unless `again`. Refuses
+    (ConfigError) a batch with other pending items: `resume` sends those.
+    """
+    from batcher.run.session import Context, SendSettings, rerun_batch
+
+    if not rejected:
+        raise ConfigError("rerun: say which images to rerun (rejected=True, --rejected)")
+    return await rerun_batch(
+        batch,
+        sandbox=sandbox,
+        model=model,
+        resolution=resolution,
+        again=again,
+        dry_run=dry_run,
+        confirm=confirm,
+        settings=SendSettings(
+            concurrency=concurrency,
+            rate=rate,
+            budget=budget,
+            out=Path(out) if out is not None else None,
+            wait=wait,
+            download=download,
+            metadata=metadata,
+            max_image_bytes=max_image_bytes,
+            gallery=gallery,
             render_retries=render_retries,
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
@@ -395,6 +507,7 @@ run_many = _blocking(run_many_async, "run_many")
 run = _blocking(run_async, "run")
 resume = _blocking(resume_async, "resume")
 worker = _blocking(worker_async, "worker")
+rerun = _blocking(rerun_async, "rerun")
 
 
 # --------------------------------------------------------------------------- the ledger

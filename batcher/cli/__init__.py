@@ -42,6 +42,7 @@ COMMAND_MODULES: dict[str, str] = {
     "worker": "runs",
     "gallery": "review",
     "review": "review",
+    "rerun": "rerun",
 }
 
 

@@ -21,7 +21,8 @@ from batcher.terminal import ledger_views
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the documented shape).")
 @db_option
 def status(batch_name: str | None, as_json: bool, db_url: str | None) -> None:
-    """Counts per state and credits so far, per batch (all batches, or BATCH)."""
+    """Counts per state, credits so far and review decisions (images picked and
+    rejected), per batch (all batches, or BATCH)."""
     report = library.status(batch_name, db=db_url)
     if as_json:
         if not report.ledger_found:
@@ -47,7 +48,8 @@ def items(batch_name: str, state: str | None, as_json: bool, db_url: str | None)
     \b
     JSON: {"batch", "state", "items": [{"key", "state", "prompt", "model",
     "resolution", "image_count", "name", "project_id", "credits_charged",
-    "credits_refunded", "credits_net", "files", "reason", "resume_with"}]}
+    "credits_refunded", "credits_net", "files", "file_details": [{"path",
+    "sha256", "bytes", "width", "height"}], "reason", "resume_with"}]}
     """
     report = library.items(batch_name, state, db=db_url)
     if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -14,6 +14,7 @@ from batcher.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
     DEFAULT_DATABASE_URL,
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_RENDER_RETRIES,
 )
 
@@ -27,6 +28,27 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
         return func
 
     return apply
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """A size in bytes: a whole number, or one with a decimal unit (k, M, G;
+    a trailing B is allowed): `500k`, `100M`, `1G`."""
+
+    name = "size"
+    _UNITS: ClassVar[dict[str, int]] = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B")
+        number, unit = text, ""
+        if text and text[-1] in self._UNITS:
+            number, unit = text[:-1], text[-1]
+        if not number.isdigit() or int(number) < 1:
+            self.fail(
+                f"{value!r} is not a size in bytes (like 100000000, 500k or 100M)", param, ctx
+            )
+        return int(number) * self._UNITS[unit]
 
 
 db_option = click.option(
@@ -95,6 +117,24 @@ run_options = _stack(
     ),
     click.option("--no-wait", is_flag=True, help="Submit only; do not follow renders."),
     click.option("--no-download", is_flag=True, help="Follow renders but save no images."),
+    click.option(
+        "--no-metadata",
+        is_flag=True,
+        help="Save images byte for byte as downloaded: no provenance chunks in PNGs.",
+    ),
+    click.option(
+        "--max-image-bytes",
+        type=ByteSize(),
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metavar="SIZE",
+        help="Refuse a downloaded image larger than this (bytes, or 500k, 100M, 1G); "
+        "it is fetched again from fresh URLs, then the item fails [default: 100M].",
+    ),
+    click.option(
+        "--no-gallery",
+        is_flag=True,
+        help="Do not refresh the batch's gallery page (out/<batch>/index.html) at the end.",
+    ),
     click.option(
         "--render-retries",
         type=click.IntRange(0, 10),

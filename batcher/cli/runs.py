@@ -18,7 +18,13 @@ from batcher.terminal.run_views import TerminalRunObserver
 def _send_settings(flags: dict[str, Any]) -> dict[str, Any]:
     """The flags as the library's keyword arguments (`--no-wait` is `wait=False`...)."""
     renamed = {"out_dir": "out", "db_url": "db", "catalog_path": "catalog"}
-    negated = {"no_wait": "wait", "no_download": "download", "no_preflight": "preflight"}
+    negated = {
+        "no_wait": "wait",
+        "no_download": "download",
+        "no_preflight": "preflight",
+        "no_metadata": "metadata",
+        "no_gallery": "gallery",
+    }
     settings: dict[str, Any] = {}
     for flag, value in flags.items():
         if flag in negated:

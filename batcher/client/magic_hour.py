@@ -22,6 +22,7 @@ translation is about money (a create is billed when accepted):
     non-2xx → ApiError(status, message, retry_after); 401 → AuthError;
     403/404/410 on a signed download URL → DownloadExpiredError
     a download URL that is not http(s) with a host → ConnectError (nothing sent)
+    a download body over the size cap → DownloadTooLargeError (stopped at the cap)
     OSError writing a downloaded image (full disk...) → OutputError(path)
 
 Why not a plain `httpx.AsyncClient()`: measured on the 2-core dev machine with
@@ -52,7 +53,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -75,12 +76,13 @@ from batcher.errors import (
     ConfigError,
     ConnectError,
     DownloadExpiredError,
+    DownloadTooLargeError,
     MalformedResponseError,
     OutputError,
     ResponseLostError,
     TransportError,
 )
-from batcher.settings import DEFAULT_CONCURRENCY, ApiConfig
+from batcher.settings import DEFAULT_CONCURRENCY, DEFAULT_MAX_IMAGE_BYTES, ApiConfig
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +203,9 @@ class MagicHourClient:
 
     `concurrency` is the most API calls the caller keeps in flight at once (the
     runner's limiter ceiling); the pool opens up to POOL_CONNECTIONS_PER_WORKER
-    connections per unit of it. `transport` replaces the pool (tests pass an
-    httpx.MockTransport); the client closes it on exit either way.
+    connections per unit of it. `max_download_bytes` caps each download (a body
+    that grows past it is cut off and refused). `transport` replaces the pool
+    (tests pass an httpx.MockTransport); the client closes it on exit either way.
     """
 
     def __init__(
@@ -211,10 +214,13 @@ class MagicHourClient:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        max_download_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
+        if max_download_bytes < 1:
+            raise ConfigError(f"max_download_bytes must be at least 1, not {max_download_bytes}")
         base = config.base_url.rstrip("/")
         try:
             base_url = httpx.URL(base)
@@ -232,6 +238,7 @@ class MagicHourClient:
         self._base = base
         self._concurrency = concurrency
         self._timeouts = timeouts
+        self._max_download = max_download_bytes
         self._secret = key if key is not None and len(key) >= MIN_SCRUBBED_KEY_CHARS else None
         self._transport = transport or PooledTransport(concurrency * POOL_CONNECTIONS_PER_WORKER)
 
@@ -358,8 +365,11 @@ class MagicHourClient:
 
         The body streams into a temporary file beside `dest`, is fsynced, then
         renamed over `dest`: a reader never sees a partial image, and a failure
-        leaves no partial file behind. A file that cannot be written (a full
-        disk, a folder gone) raises OutputError naming `dest`.
+        leaves no partial file behind. A body larger than the client's
+        `max_download_bytes` (announced by its Content-Length, or counted as it
+        streams) is stopped at the cap: DownloadTooLargeError, nothing kept. A
+        file that cannot be written (a full disk, a folder gone) raises
+        OutputError naming `dest`.
         """
         try:
             target = httpx.URL(url)
@@ -373,7 +383,7 @@ class MagicHourClient:
         with _writing(dest):
             await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
             fd, tmp_name = await anyio.to_thread.run_sync(
-                lambda: tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".part")
+                lambda: new_temporary(folder, prefix=f".{dest.name}.", suffix=".part")
             )
         tmp = Path(tmp_name)
         written = 0
@@ -394,9 +404,16 @@ class MagicHourClient:
                                     response.reason_phrase,
                                     download=True,
                                 )
+                            cap = self._max_download
+                            if _announced_length(response) > cap:
+                                raise DownloadTooLargeError(where, cap)
                             async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
-                                await out.write(chunk)
                                 written += len(chunk)
+                                if written > cap:
+                                    # Stop reading: a body that never ends must
+                                    # not reach the disk, nor memory.
+                                    raise DownloadTooLargeError(where, cap)
+                                await out.write(chunk)
                     except _HTTPX_ERRORS as exc:
                         raise self._transport_error(exc, f"download {where}") from None
                     await out.flush()
@@ -687,6 +704,15 @@ def _describe_url(url: httpx.URL) -> str:
     return f"{url.host}{url.path}"
 
 
+def _announced_length(response: httpx.Response) -> int:
+    """The Content-Length of a response, 0 when absent or unreadable (then the
+    body is counted as it streams)."""
+    try:
+        return max(0, int(response.headers.get("content-length", "0")))
+    except ValueError:
+        return 0
+
+
 async def _read_capped(response: httpx.Response) -> bytes:
     """At most ERROR_BODY_MAX_BYTES of a streamed error answer."""
     parts: list[bytes] = []
@@ -706,6 +732,24 @@ def _writing(dest: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise OutputError.from_os_error(dest, exc) from None
+
+
+def new_temporary(folder: Path, *, prefix: str, suffix: str) -> tuple[int, str]:
+    """Create a new file in `folder` with a random name, opened for writing; (fd, path).
+
+    Unlike tempfile.mkstemp (always 0600) the file gets the mode the user's
+    umask gives a new file: saved images are theirs to share.
+    """
+    for _ in range(100):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666), str(path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+_O_BINARY: Final = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 def _remove_quietly(path: Path) -> None:

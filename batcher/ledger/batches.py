@@ -3,7 +3,6 @@ resume, and the counts and pages the run and the reports read."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -26,6 +25,7 @@ from batcher.ledger.values import (
     ItemRecord,
     RequeueCounts,
     SyncResult,
+    files_from_json,
 )
 
 INSERT_CHUNK = 1000
@@ -167,6 +167,69 @@ def sync_items(
 
     # Not run twice: `items` may be a stream, and a second pass would see it empty.
     return db.write(work, retry=False)
+
+
+def add_items(
+    db: Database,
+    batch_id: int,
+    items: Sequence[JobItem],
+    *,
+    estimate: Callable[[ItemSettings], tuple[int, bool]],
+    project_name: Callable[[JobItem], str],
+    redo_of: Mapping[str, int],
+) -> SyncResult:
+    """Add items to a batch without touching the others (what `rerun` does; a job
+    file's run uses `sync_items`), in one transaction: each new item with the
+    id of the item it redoes (`redo_of`, by new key), so a rerun is never
+    recorded without its link. Keys already in the batch are kept as they are.
+    """
+
+    def work(conn: Connection) -> SyncResult:
+        now = db.clock()
+        keys = [item.key for item in items]
+        existing = set(
+            conn.scalars(
+                select(ITEMS.c.key).where(ITEMS.c.batch_id == batch_id, ITEMS.c.key.in_(keys))
+            )
+        )
+        rows = []
+        for item in items:
+            if item.key in existing:
+                continue
+            credits, exact = estimate(item.settings)
+            row = _item_row(batch_id, item, credits, exact, project_name(item), now)
+            row["redo_of_item_id"] = redo_of.get(item.key)
+            rows.append(row)
+            existing.add(item.key)
+        for start in range(0, len(rows), INSERT_CHUNK):
+            conn.execute(insert(ITEMS), rows[start : start + INSERT_CHUNK])
+        conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(updated_at=now))
+        return SyncResult(added=len(rows), kept=len(items) - len(rows), dropped=0)
+
+    return db.write(work)
+
+
+def drop_unsent(db: Database, batch_id: int, keys: Sequence[str]) -> int:
+    """Delete the items of `keys` that were never sent and nobody holds (a rerun
+    refused before sending takes back what it added); how many went."""
+    if not keys:
+        return 0
+
+    def work(conn: Connection) -> int:
+        dropped = 0
+        for start in range(0, len(keys), INSERT_CHUNK):
+            dropped += conn.execute(
+                delete(ITEMS).where(
+                    ITEMS.c.batch_id == batch_id,
+                    ITEMS.c.key.in_(list(keys[start : start + INSERT_CHUNK])),
+                    ITEMS.c.state == "pending",
+                    ITEMS.c.attempts == 0,
+                    ITEMS.c.worker_id.is_(None),
+                )
+            ).rowcount
+        return dropped
+
+    return db.write(work)
 
 
 def requeue(
@@ -360,9 +423,7 @@ def batch_record(row: Row[Any]) -> BatchRecord:
 
 
 def item_record(row: Row[Any]) -> ItemRecord:
-    files = row.files
-    if isinstance(files, str):
-        files = json.loads(files)
+    files = files_from_json(row.files)
     return ItemRecord(
         id=row.id,
         batch_id=row.batch_id,
@@ -388,9 +449,10 @@ def item_record(row: Row[Any]) -> ItemRecord:
         credits_reserved=int(row.credits_reserved),
         error_status=row.error_status,
         error_message=row.error_message,
-        files=tuple(files or ()),
+        files=tuple(f.path for f in files),
         source_path=row.source_path,
         source_line=row.source_line,
+        file_details=files,
     )
 
 

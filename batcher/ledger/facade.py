@@ -154,6 +154,25 @@ class Ledger:
             self._db, batch_id, items, estimate=estimate, project_name=project_name
         )
 
+    def add_items(
+        self,
+        batch_id: int,
+        items: Sequence[JobItem],
+        *,
+        estimate: Callable[[ItemSettings], tuple[int, bool]],
+        project_name: Callable[[JobItem], str],
+        redo_of: Mapping[str, int],
+    ) -> SyncResult:
+        """Add items (reruns), each with the id of the item it redoes, leaving the
+        batch's other items alone."""
+        return batches.add_items(
+            self._db, batch_id, items, estimate=estimate, project_name=project_name, redo_of=redo_of
+        )
+
+    def drop_unsent(self, batch_id: int, keys: Sequence[str]) -> int:
+        """Delete the never-sent, unheld items among `keys`; how many went."""
+        return batches.drop_unsent(self._db, batch_id, keys)
+
     def requeue(
         self, batch_id: int, *, retry_failed: bool, resend_unconfirmed: bool
     ) -> RequeueCounts:

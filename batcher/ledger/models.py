@@ -127,7 +127,8 @@ class Item(Base):
     error_status: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
-    files: Mapped[list[str] | None] = mapped_column(JSON)
+    # The saved images: [{path, sha256, bytes, width, height}] (older rows: [path]).
+    files: Mapped[list[Any] | None] = mapped_column(JSON)
     # A rerun of a rejected image points at the item it redoes; the gallery
     # shows the two side by side. SET NULL: deleting the old item keeps the new.
     redo_of_item_id: Mapped[int | None] = mapped_column(

@@ -9,7 +9,6 @@ whose latest row is "clear" has no decision.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +19,7 @@ from sqlalchemy import Connection, Select, Table, func, insert, select, update
 from batcher.errors import ReviewError
 from batcher.ledger.models import CreditEvent, Item, Review
 from batcher.ledger.transactions import Database
+from batcher.ledger.values import files_from_json
 
 ITEMS = cast(Table, Item.__table__)
 REVIEWS = cast(Table, Review.__table__)
@@ -185,10 +185,7 @@ def reviewed_images(
     rows = db.read(lambda conn: conn.execute(query).all())
     result = []
     for row in rows:
-        files = row.files
-        if isinstance(files, str):
-            files = json.loads(files)
-        files = list(files or ())
+        files = [f.path for f in files_from_json(row.files)]
         result.append(
             ReviewedImage(
                 item_key=row.item_key,

@@ -8,8 +8,9 @@ its caller goes on; `Ledger.apply` commits a group of them in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -30,6 +31,62 @@ GroupValue = str | date | None
 
 
 # --------------------------------------------------------------------------- batches and items
+
+
+@dataclass(frozen=True, slots=True)
+class SavedFile:
+    """One saved image of an item, as `items.files` keeps it. Rows written before
+    the files had details (a plain list of paths) read back with only `path`."""
+
+    path: str
+    sha256: str | None = None  # of the file as saved (provenance chunks included)
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def files_to_json(files: Sequence[SavedFile | str]) -> list[Any]:
+    """`items.files` as stored: an object per file (a bare path stays a path)."""
+    return [f if isinstance(f, str) else f.as_json() for f in files]
+
+
+def files_from_json(value: Any) -> tuple[SavedFile, ...]:
+    """`items.files` read back, in either shape: a list of paths (older rows) or
+    of objects; anything else in the list is skipped."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    found: list[SavedFile] = []
+    for entry in value or ():
+        if isinstance(entry, str):
+            found.append(SavedFile(entry))
+        elif isinstance(entry, Mapping) and isinstance(entry.get("path"), str):
+            found.append(
+                SavedFile(
+                    entry["path"],
+                    _str(entry.get("sha256")),
+                    _int(entry.get("bytes")),
+                    _int(entry.get("width")),
+                    _int(entry.get("height")),
+                )
+            )
+    return tuple(found)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +125,12 @@ class ItemRecord:
     credits_reserved: int
     error_status: int | None
     error_message: str | None
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # the saved images' paths
     source_path: str | None
     source_line: int | None
+    # The same images with their hash, size and dimensions when the run recorded
+    # them (paths only for rows written before it did).
+    file_details: tuple[SavedFile, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +306,7 @@ class RenderFinished:
     failure: str | None = None
     code: str | None = None
     message: str | None = None
-    files: tuple[str, ...] | None = None
+    files: tuple[SavedFile | str, ...] | None = None  # None: leave the column as it is
     count_render_failure: bool = False
 
 

@@ -34,6 +34,7 @@ from batcher.ledger.values import (
     ReleaseClaims,
     RenderFinished,
     SendFailed,
+    files_to_json,
 )
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ def _apply_render_finished(
                 "failure": op.failure,
                 "code": op.code,
                 "message": op.message,
-                "files": list(op.files) if op.files is not None else None,
+                "files": files_to_json(op.files) if op.files is not None else None,
                 "render_failure": 1 if op.count_render_failure else 0,
                 "finished_at": now if op.state in ("complete", "failed") else None,
                 "now": now,

@@ -32,6 +32,7 @@ from batcher.ledger import (
     ItemCredits,
     ItemRecord,
     Ledger,
+    SavedFile,
 )
 from batcher.ledger.models import utcnow
 from batcher.run.files import MANIFEST, batch_folder
@@ -248,7 +249,9 @@ def page_path(folder: Path, located: Path) -> str:
 def _files(
     record: ItemRecord, entry: Mapping[str, Any] | None, folder: Path
 ) -> tuple[GalleryFile, ...]:
-    """The item's images: the ledger's paths, with what the manifest knows of each."""
+    """The item's images: the ledger's files with their details (hash, size,
+    dimensions), completed by what the manifest knows of each (rows saved
+    before the ledger kept details)."""
     described: dict[str, Mapping[str, Any]] = {}
     listed: list[str] = []
     for value in (entry or {}).get("files") or ():
@@ -257,17 +260,20 @@ def _files(
             listed.append(value["path"])
         elif isinstance(value, str):
             listed.append(value)
-    paths = list(record.files) or listed
+    recorded = record.file_details or tuple(SavedFile(path) for path in record.files)
+    if not recorded:
+        recorded = tuple(SavedFile(path) for path in listed)
     files = []
-    for path in paths:
-        info = described.get(path, {})
+    for saved in recorded:
+        info = described.get(saved.path, {})
+        sha256 = saved.sha256 or info.get("sha256")
         files.append(
             GalleryFile(
-                path=page_path(folder, locate(path, folder)),
-                width=_int(info.get("width")),
-                height=_int(info.get("height")),
-                bytes=_int(info.get("bytes")),
-                sha256=info.get("sha256") if isinstance(info.get("sha256"), str) else None,
+                path=page_path(folder, locate(saved.path, folder)),
+                width=saved.width or _int(info.get("width")),
+                height=saved.height or _int(info.get("height")),
+                bytes=saved.bytes if saved.bytes is not None else _int(info.get("bytes")),
+                sha256=sha256 if isinstance(sha256, str) else None,
             )
         )
     return tuple(files)

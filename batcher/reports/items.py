@@ -21,6 +21,7 @@ from batcher.ledger import (
     STATES,
     ItemRecord,
     Ledger,
+    SavedFile,
 )
 from batcher.run.prepare import find_batch
 
@@ -44,6 +45,9 @@ class ItemView:
     files: tuple[str, ...]
     reason: str | None  # why it failed or is in doubt; None when nothing went wrong
     resume_with: str | None  # the command that would try it again, if one would
+    # The files with their sha256, size and dimensions (paths only for rows
+    # saved before batcher recorded them).
+    file_details: tuple[SavedFile, ...] = ()
 
     @property
     def credits_net(self) -> int:
@@ -101,6 +105,7 @@ def _view(item: ItemRecord, charged: int, refunded: int) -> ItemView:
         files=item.files,
         reason=reason,
         resume_with=resume_with,
+        file_details=item.file_details,
     )
 
 
@@ -162,6 +167,7 @@ def items_json(report: ItemsReport) -> dict[str, Any]:
                 "credits_refunded": item.credits_refunded,
                 "credits_net": item.credits_net,
                 "files": list(item.files),
+                "file_details": [f.as_json() for f in item.file_details],
                 "reason": item.reason,
                 "resume_with": item.resume_with,
             }

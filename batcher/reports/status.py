@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from batcher.errors import ConfigError
-from batcher.ledger import STATES, Ledger, utcnow
+from batcher.ledger import STATES, Ledger, ReviewCounts, utcnow
 from batcher.run.liveness import LEASE_S
+
+NO_REVIEWS: Final = ReviewCounts(picked=0, rejected=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,7 @@ class BatchStatus:
     credits_refunded: int
     budget: int | None
     stale_leases: int
+    reviews: ReviewCounts = NO_REVIEWS  # images picked and rejected (decisions in force)
 
     @property
     def credits_net(self) -> int:
@@ -95,6 +98,7 @@ def status_report(
                 credits_refunded=s.credits_refunded,
                 budget=s.budget,
                 stale_leases=stale.get(s.id, 0),
+                reviews=ledger.review_counts(s.id),
             )
             for s in summaries
         ),
@@ -104,7 +108,8 @@ def status_report(
 
 
 def status_json(report: StatusReport) -> dict[str, Any]:
-    """`status --json`: the shape DESIGN.md documents, plus budget and workers."""
+    """`status --json`: the shape DESIGN.md documents, plus budget, workers and
+    the review decisions in force (`reviews: {picked, rejected}`, images)."""
     return {
         "batches": [
             {
@@ -117,6 +122,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
                 "credits_net": b.credits_net,
                 "budget": b.budget,
                 "stale_leases": b.stale_leases,
+                "reviews": {"picked": b.reviews.picked, "rejected": b.reviews.rejected},
                 "workers": [
                     {
                         "id": w.id,

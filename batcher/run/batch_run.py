@@ -70,6 +70,7 @@ class RunOptions:
     rate: float | None = None
     wait: bool = True
     download: bool = True
+    metadata: bool = True  # False: images stay byte for byte as downloaded (--no-metadata)
     out_dir: Path | None = None
     render_retries: int = 1
     claim_page: int = 0  # 0: four times the concurrency, at most feeder.CLAIM_PAGE_MAX
@@ -130,6 +131,8 @@ class BatchRun:
             wait=options.wait,
             render_retries=options.render_retries,
             out_dir=self.out_dir,
+            batch_name=batch.name,
+            metadata=options.metadata,
         )
         self.sender = Sender(
             self.state,

@@ -20,6 +20,7 @@ from batcher.errors import OutputError, OutputFolderError
 
 MANIFEST = "manifest.jsonl"
 PROBE_PREFIX = ".batcher-probe-"
+DOWNLOAD_SUFFIX = ".download"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 SLUG_LENGTH = 40
 
@@ -63,12 +64,26 @@ def prepare_folder(folder: Path) -> None:
         ) from None
 
 
+def image_stem(ordinal: int, prompt: str, key: str, index: int) -> str:
+    """An image's file name without its extension, which the bytes decide
+    (batcher.run.provenance). Unique within a batch because the item key is;
+    readable because of the slug."""
+    return f"{ordinal + 1:05d}-{slug(prompt)}-{key}-{index + 1}"
+
+
+def download_name(stem: str) -> str:
+    """The hidden file an image is downloaded to, beside its final name, before
+    its type is known and its provenance written."""
+    return f".{stem}{DOWNLOAD_SUFFIX}"
+
+
 def image_name(ordinal: int, prompt: str, key: str, index: int, url: str) -> str:
-    """Unique within a batch because the item key is; readable because of the slug."""
+    """`image_stem` with the URL's suffix (.png when it has none we know). The
+    runner no longer uses it: a URL's suffix says nothing about the bytes."""
     suffix = Path(urlsplit(url).path).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         suffix = ".png"
-    return f"{ordinal + 1:05d}-{slug(prompt)}-{key}-{index + 1}{suffix}"
+    return image_stem(ordinal, prompt, key, index) + suffix
 
 
 class Manifest:

@@ -3,6 +3,7 @@
     follow() / adopt() ──▶ schedule (a heap by due time) ──▶ pollers ──GET──▶ API
                                                                │
         complete: download the images, record the refund ◀─────┤
+          (checked: every image there, an image, under the cap)
         error (refunded), retries left: create it again ◀──────┤ (to the senders)
         error, canceled, 404: the item failed ◀────────────────┘
 
@@ -14,11 +15,21 @@ A full disk (OutputError) stops the downloads and, through the run state, the
 sending. The render whose images could not be saved, and every render still
 followed, is handed back `submitted` with its project id: `resume` polls it
 again, fetches fresh download URLs and pays nothing.
+
+Each image is streamed to a hidden file in the output folder and checked (a
+body, an image by its magic bytes, under the size cap) before it is put in
+place under its final name, its extension taken from the bytes and, in a PNG,
+its provenance written (batcher.run.provenance). A completed project with
+fewer URLs than images ordered, or an unusable body, is asked again for fresh
+URLs a few times; then the item fails with the reason (FAILURE_DOWNLOAD,
+which `resume` polls again: the render was paid, it is never re-created).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import heapq
 import logging
 import math
@@ -37,20 +48,26 @@ from batcher.client.magic_hour import ProjectStatus
 from batcher.errors import (
     ApiError,
     AuthError,
+    BadDownloadError,
+    BatcherError,
     DownloadExpiredError,
+    NotAnImageError,
     OutputError,
     TransportError,
 )
 from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
-from batcher.run.files import image_name
+from batcher.run.files import download_name, image_stem
 from batcher.run.limits import AdaptiveLimiter
+from batcher.run.manifest_line import ImageFile, ManifestLine
 from batcher.run.pacing import PollPlanner, RenderGate
+from batcher.run.provenance import finalize_image
 from batcher.run.state import STOP_OUTPUT, ImageApi, RunState
 
 log = logging.getLogger(__name__)
 
 FINISHED = frozenset({"complete", "error", "canceled"})
-# Expired download URLs: fetch fresh ones this many times before giving up.
+# Looks at a completed project for usable images (the first, then fresh GETs
+# after an expired URL or an unusable body) before the item fails.
 DOWNLOAD_ROUNDS = 3
 # A poll that failed through all its retries: look again this much later.
 POLL_AGAIN_S = 5.0
@@ -92,6 +109,8 @@ class Follower:
         wait: bool,
         render_retries: int,
         out_dir: Path | None,
+        batch_name: str = "",
+        metadata: bool = True,
     ) -> None:
         self.planner = PollPlanner()
         self._state = state
@@ -103,6 +122,8 @@ class Follower:
         self._wait = wait
         self._render_retries = render_retries
         self._out_dir = out_dir
+        self._batch_name = batch_name  # written into each PNG's provenance
+        self._metadata = metadata  # False: files stay as downloaded (--no-metadata)
         self._downloads = anyio.CapacityLimiter(max(2, min(concurrency, 16)))
         self._schedule: list[tuple[float, int, _Render]] = []
         self._seq = 0
@@ -282,27 +303,54 @@ class Follower:
 
     async def _complete(self, render: _Render, status: ProjectStatus) -> None:
         self._render_left()
-        files: tuple[str, ...] = ()
+        refund = self._refund(render, status)
+        line = self._line(render, "complete", refunded=refund)
+        files: tuple[ImageFile, ...] = ()
         if self._out_dir is not None:
             try:
-                files = await self._download_all(render, status, self._out_dir)
+                downloads = await self._download_all(render, status, self._out_dir, line)
             except OutputError as exc:
                 await self._stop_downloads(render, exc)
                 return
-            except (ApiError, TransportError) as exc:
-                await self._finish(
-                    render, "failed", failure=FAILURE_DOWNLOAD, message=f"download failed: {exc}"
-                )
-                self._counters.failed += 1
-                self._manifest(render, "failed", error=f"download failed: {exc}")
-                self._state.settle()
+            except AuthError as exc:
+                self._state.fail(exc)
                 return
-        refund = self._refund(render, status)
-        await self._finish(render, "complete", refund=refund, files=files)
+            files = downloads.saved
+            if downloads.problem is not None:
+                await self._download_failed(render, refund, files, downloads.problem)
+                return
+        await self._finish(render, "complete", refund=refund, files=tuple(f.saved() for f in files))
         self._counters.complete += 1
-        self._counters.images += len(files) if files else len(status.downloads)
+        self._counters.images += len(files)
         self._counters.credits_refunded += refund
-        self._manifest(render, "complete", refunded=refund, files=files)
+        self._state.write_line(line.with_files(files))
+        self._state.settle()
+
+    async def _download_failed(
+        self, render: _Render, refund: int, files: tuple[ImageFile, ...], problem: str
+    ) -> None:
+        """The render is done and paid, but its images could not all be had: the item
+        fails with the reason, keeping what was saved; `resume` polls it again (fresh
+        URLs) and never re-creates it."""
+        message = f"download failed: {problem}"
+        log.warning(
+            "images not saved",
+            extra={"key": render.item.key, "project_id": render.project_id, "error": problem},
+        )
+        await self._finish(
+            render,
+            "failed",
+            refund=refund,
+            failure=FAILURE_DOWNLOAD,
+            message=message,
+            files=tuple(f.saved() for f in files),
+        )
+        self._counters.failed += 1
+        self._counters.images += len(files)
+        self._counters.credits_refunded += refund
+        self._state.write_line(
+            self._line(render, "failed", refunded=refund, error=message).with_files(files)
+        )
         self._state.settle()
 
     async def _stop_downloads(self, render: _Render, exc: OutputError) -> None:
@@ -365,48 +413,135 @@ class Follower:
         self._manifest(render, "failed", refunded=refund, error=f"{code}: {message}")
         self._state.settle()
 
-    def _manifest(
-        self,
-        render: _Render,
-        state: str,
-        *,
-        refunded: int = 0,
-        files: tuple[str, ...] = (),
-        error: str | None = None,
-    ) -> None:
-        self._state.write_manifest(
+    def _line(
+        self, render: _Render, state: str, *, refunded: int = 0, error: str | None = None
+    ) -> ManifestLine:
+        return ManifestLine.of_item(
             render.item,
             state,
             project_id=render.project_id,
             charged=render.charged,
             refunded=refunded,
-            files=files,
             error=error,
         )
+
+    def _manifest(
+        self, render: _Render, state: str, *, refunded: int = 0, error: str | None = None
+    ) -> None:
+        self._state.write_line(self._line(render, state, refunded=refunded, error=error))
 
     # ------------------------------------------------------------------ downloads
 
     async def _download_all(
-        self, render: _Render, status: ProjectStatus, folder: Path
-    ) -> tuple[str, ...]:
+        self, render: _Render, status: ProjectStatus, folder: Path, line: ManifestLine
+    ) -> _Downloads:
+        """Save every image of a completed render, checked: as many URLs as images
+        ordered, each body non-empty, an image by its magic bytes and under the
+        size cap. What fails is fetched again from a fresh GET of the project
+        (new URLs), up to DOWNLOAD_ROUNDS looks in all; images already saved are
+        kept. Raises OutputError (the disk) and AuthError; any other failure is
+        the `problem` of the result."""
         item = render.item
+        ordered = item.settings.image_count
+        saved: dict[int, ImageFile] = {}
+        problem = "no download was tried"
         for round_ in range(DOWNLOAD_ROUNDS):
-            try:
-                paths: list[str] = []
-                for index, download in enumerate(status.downloads):
-                    name = image_name(item.ordinal, item.prompt, item.key, index, download.url)
-                    dest = folder / name
-                    async with self._downloads:
-                        await self._fetch(download.url, dest)
-                    paths.append(str(dest))
-                return tuple(paths)
-            except DownloadExpiredError:
-                if round_ + 1 >= DOWNLOAD_ROUNDS:
+            if round_:
+                # Signed URLs expire, and a CDN can answer junk: a fresh GET gives new ones.
+                try:
+                    status = await self._get(render.project_id)
+                except AuthError:
                     raise
-                # Signed URLs expire; a fresh GET gives new ones.
-                status = await self._get(render.project_id)
-        raise AssertionError("unreachable")  # pragma: no cover
+                except (ApiError, TransportError) as exc:
+                    problem = f"polling for fresh download URLs failed: {exc}"
+                    break
+            urls = status.downloads
+            if len(urls) > ordered:
+                log.warning(
+                    "the project lists more images than were ordered; saving %d",
+                    ordered,
+                    extra={"key": item.key, "project_id": render.project_id, "urls": len(urls)},
+                )
+            try:
+                for index in range(ordered):
+                    if index in saved:
+                        continue
+                    if index >= len(urls):
+                        raise BadDownloadError(
+                            f"the project lists {len(urls)} download URL(s) for {ordered} image(s)"
+                        )
+                    saved[index] = await self._save(item, urls[index].url, index, folder, line)
+                return _Downloads(tuple(saved[i] for i in range(ordered)), None)
+            except (ApiError, TransportError, BadDownloadError) as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                where = f"image {len(saved) + 1} of {ordered}" if ordered > 1 else "the image"
+                problem = f"{where}: {_why(exc)}"
+                log.info(
+                    "download unusable; asking the project for fresh URLs",
+                    extra={
+                        "key": item.key,
+                        "project_id": render.project_id,
+                        "round": round_ + 1,
+                        "error": problem,
+                    },
+                )
+        return _Downloads(
+            tuple(saved[i] for i in sorted(saved)),
+            f"{problem} (after {DOWNLOAD_ROUNDS} looks at the project)",
+        )
 
-    async def _fetch(self, url: str, dest: Path) -> None:
+    async def _save(
+        self, item: ItemRecord, url: str, index: int, folder: Path, line: ManifestLine
+    ) -> ImageFile:
+        """Download one image to a hidden file in the output folder, then put it in
+        place under its final name (extension from its bytes, provenance written
+        into a PNG unless metadata is off)."""
+        stem = image_stem(item.ordinal, item.prompt, item.key, index)
+        temporary = folder / download_name(stem)
+        async with self._downloads:
+            written = await self._fetch(url, temporary)
+            try:
+                if written == 0:
+                    raise BadDownloadError("the body is empty")
+                finalize = functools.partial(
+                    finalize_image,
+                    temporary,
+                    folder / stem,
+                    line,
+                    batch=self._batch_name,
+                    index=index,
+                    metadata=self._metadata,
+                )
+                return await anyio.to_thread.run_sync(finalize)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_remove_quietly, temporary)
+                raise
+
+    async def _fetch(self, url: str, dest: Path) -> int:
         # Downloads go to the CDN, not the API: no limiter slot, plain backoff.
-        await retry.read(lambda: self._client.download(url, dest), about={"path": str(dest)})
+        written: int = await retry.read(
+            lambda: self._client.download(url, dest), about={"path": str(dest)}
+        )
+        return written
+
+
+@dataclass(frozen=True, slots=True)
+class _Downloads:
+    saved: tuple[ImageFile, ...]  # in image order; all of them when `problem` is None
+    problem: str | None  # why the images could not all be had
+
+
+def _why(exc: BatcherError) -> str:
+    """A download failure in words, without the hidden file's path."""
+    if isinstance(exc, NotAnImageError):
+        return exc.reason
+    if isinstance(exc, DownloadExpiredError):
+        return f"the download URL was refused ({exc})"
+    return str(exc)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

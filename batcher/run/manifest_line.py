@@ -1,10 +1,11 @@
 """One line of `out/<batch>/manifest.jsonl`, as a value (DESIGN.md, "Outputs,
 provenance and review").
 
-The runner builds a `ManifestLine` when an item finishes, has each image
-finalised (`batcher.run.provenance.finalize_image`, which reads the line to
-write the PNG's provenance), then writes `line.with_files(files).as_json()`.
-The gallery reads the same shape back (`batcher.reports.gallery`).
+The runner builds a `ManifestLine` when an item finishes (`ManifestLine.of_item`),
+has each image finalised (`batcher.run.provenance.finalize_image`, which reads
+the line to write the PNG's provenance), then writes
+`line.with_files(files).as_json()`. The gallery reads the same shape back
+(`batcher.reports.gallery`); the ledger keeps the files too (`SavedFile`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+
+from batcher.ledger import ItemRecord, SavedFile, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,10 @@ class ImageFile:
             "height": self.height,
         }
 
+    def saved(self) -> SavedFile:
+        """The same file as the ledger records it (items.files)."""
+        return SavedFile(self.path, self.sha256, self.bytes, self.width, self.height)
+
 
 @dataclass(frozen=True, slots=True)
 class ManifestLine:
@@ -48,12 +55,45 @@ class ManifestLine:
     image_count: int
     project_id: str | None
     state: str
-    credits_charged: int = 0
+    credits_charged: int | None = 0  # None: not known to this run (a render adopted)
     credits_refunded: int = 0
     vars: Mapping[str, str] = field(default_factory=dict)
     finished_at: datetime | None = None
     files: tuple[ImageFile, ...] = ()
     error: str | None = None
+
+    @classmethod
+    def of_item(
+        cls,
+        item: ItemRecord,
+        state: str,
+        *,
+        project_id: str | None = None,
+        charged: int | None = 0,
+        refunded: int = 0,
+        files: Sequence[ImageFile] = (),
+        error: str | None = None,
+        finished_at: datetime | None = None,
+    ) -> ManifestLine:
+        """The line of `item` ending in `state` now (or at `finished_at`)."""
+        settings = item.settings
+        return cls(
+            key=item.key,
+            prompt=item.prompt,
+            model=settings.model,
+            resolution=settings.resolution,
+            aspect_ratio=settings.aspect_ratio,
+            tool=settings.tool,
+            image_count=settings.image_count,
+            project_id=project_id,
+            state=state,
+            credits_charged=charged,
+            credits_refunded=refunded,
+            vars=item_vars(item),
+            finished_at=finished_at or utcnow(),
+            files=tuple(files),
+            error=error,
+        )
 
     def with_files(self, files: Sequence[ImageFile]) -> ManifestLine:
         return replace(self, files=tuple(files))
@@ -77,3 +117,16 @@ class ManifestLine:
             "files": [f.as_json() for f in self.files],
             "error": self.error,
         }
+
+
+def item_vars(item: ItemRecord) -> Mapping[str, str]:
+    """The item's variable values and matrix settings, as text.
+
+    The place where the ledger's `vars` reach the manifest and the PNG chunk:
+    the canary branch stores them on the item (`ItemRecord.vars`); until it
+    lands an item has none here.
+    """
+    found: Any = getattr(item, "vars", None)
+    if not isinstance(found, Mapping):
+        return {}
+    return {str(name): str(value) for name, value in found.items()}

@@ -34,12 +34,12 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Final, Literal, Protocol
 
+from batcher.client.magic_hour import new_temporary
 from batcher.errors import NotAnImageError, OutputError
 from batcher.run.manifest_line import ImageFile, ManifestLine
 
@@ -375,7 +375,7 @@ def _write_with_provenance(
             "batcher", batcher_text(line, batch=batch, index=index, sha256=sha256, size=size)
         ),
     ]
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+    fd, tmp_name = new_temporary(final.parent, prefix=f".{final.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as raw, download.open("rb") as src:

@@ -1,5 +1,6 @@
 """The sending use cases: `run` (job files), `resume` and `worker` (a batch in the
-ledger), from settings to one summary per batch.
+ledger), and `rerun` (a batch's rejected images), from settings to one summary
+per batch.
 
 Each batch goes the same way: refuse bad input before anything is sent (job
 files, the output folder, the key, the endpoint), prepare the batch in the
@@ -11,9 +12,10 @@ caller's observer and the signal handler, and sum the ledger into a
 from __future__ import annotations
 
 import functools
+import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -21,22 +23,43 @@ import anyio
 import anyio.to_thread
 
 from batcher.client.magic_hour import MagicHourClient
-from batcher.errors import ConfigError
+from batcher.errors import ConfigError, InputError
 from batcher.jobfile.catalog import CATALOG_ENV, Catalog, load_catalog
-from batcher.ledger import BatchRecord, Ledger, display_url
+from batcher.jobfile.items import ItemSettings, project_name
+from batcher.ledger import (
+    BatchRecord,
+    ItemRecord,
+    Ledger,
+    RequeueCounts,
+    SyncResult,
+    display_url,
+)
 from batcher.ledger.models import utcnow
+from batcher.reports.gallery import PAGE_NAME, gallery_folder, write_gallery
 from batcher.reports.run_summary import RunStats, RunSummary, exit_code
 from batcher.run import prepare
-from batcher.run.batch_run import RunOptions, RunResult
+from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress
+from batcher.run.rerun import (
+    REJECT,
+    RerunPlan,
+    RerunResult,
+    check_overrides,
+    keys_needed,
+    new_items,
+    plan_rerun,
+)
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_RENDER_RETRIES,
     database_url,
 )
+
+log = logging.getLogger(__name__)
 
 JobPath = str | os.PathLike[str]
 
@@ -51,6 +74,9 @@ class SendSettings:
     out: Path | None = None
     wait: bool = True
     download: bool = True
+    metadata: bool = True  # provenance chunks in PNGs (False: --no-metadata)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    gallery: bool = True  # refresh out/<batch>/index.html at the end (False: --no-gallery)
     render_retries: int = DEFAULT_RENDER_RETRIES
     batch_concurrency: int | None = None
     batch_rate: float | None = None
@@ -69,6 +95,10 @@ class SendSettings:
             raise ConfigError(f"budget must be 0 or more credits, not {self.budget}")
         if self.render_retries < 0:
             raise ConfigError(f"render_retries must be 0 or more, not {self.render_retries}")
+        if self.max_image_bytes < 1:
+            raise ConfigError(
+                f"max_image_bytes must be at least 1 byte, not {self.max_image_bytes}"
+            )
 
     def run_options(self, *, joining: bool) -> RunOptions:
         return RunOptions(
@@ -79,6 +109,7 @@ class SendSettings:
             rate=self.rate,
             wait=self.wait,
             download=self.download,
+            metadata=self.metadata,
             out_dir=self.out,
             render_retries=self.render_retries,
         )
@@ -258,7 +289,9 @@ async def drive(
     observer = context.observer
     signals = SignalsSeen()
     started_at = utcnow()
-    async with MagicHourClient(endpoint.api, concurrency=options.concurrency) as client:
+    async with MagicHourClient(
+        endpoint.api, concurrency=options.concurrency, max_download_bytes=settings.max_image_bytes
+    ) as client:
         if settings.preflight:
             report = await prepare.preflight(client, ledger, batch, catalog)
             warn(report.warning)
@@ -267,6 +300,7 @@ async def drive(
         todo = sum(n for state, n in counts.items() if state != "complete")
         progress = RunProgress(batch.name, todo, options.wait, run)
         result = await _run_beside(progress, observer, signals, context.handle_signals)
+    gallery = await refresh_gallery(ledger, batch, settings, result, warn)
     finished_at = utcnow()
     summary = await anyio.to_thread.run_sync(
         functools.partial(
@@ -279,10 +313,39 @@ async def drive(
             code=exit_code(result, interrupted_code=signals.exit_code),
             db=display_url(context.db_url),
             warnings=tuple(warn.messages),
+            gallery=gallery,
         )
     )
     observer.finished(summary)
     return summary
+
+
+async def refresh_gallery(
+    ledger: Ledger,
+    batch: BatchRecord,
+    settings: SendSettings,
+    result: RunResult,
+    warn: Callable[[str | None], None],
+) -> Path | None:
+    """Rewrite the batch's gallery page at the end of a run that downloaded images
+    (or whose page exists already: it would show old states), and return its path.
+    Skipped with `--no-gallery`, `--no-download` and after an interruption (the
+    user wants out). A failure is a warning: the images and the ledger are what
+    the run was for."""
+    if not (settings.download and settings.gallery) or result.stopped == STOP_INTERRUPTED:
+        return None
+    folder = batch_folder(settings.out, batch.name)
+    if result.counters.images == 0 and not (folder / PAGE_NAME).exists():
+        return None
+    try:
+        written = await anyio.to_thread.run_sync(
+            functools.partial(write_gallery, ledger, batch.name, out_dir=folder)
+        )
+    except Exception as exc:  # any failure of the page is only a warning
+        log.debug("gallery failed", exc_info=True)
+        warn(f"the gallery was not refreshed: {exc}")
+        return None
+    return written.path
 
 
 async def _run_beside(
@@ -319,6 +382,7 @@ def _summarise(
     code: int,
     db: str,
     warnings: tuple[str, ...],
+    gallery: Path | None = None,
 ) -> RunSummary:
     [totals] = ledger.batch_summaries(result.batch)
     folder = batch_folder(settings.out, result.batch)
@@ -335,7 +399,7 @@ def _summarise(
         duration_s=(finished_at - started_at).total_seconds(),
         out=folder,
         manifest=folder / MANIFEST,
-        gallery=None,
+        gallery=gallery,
         stopped=result.stopped,
         stop_detail=result.stop_detail,
         unsent=result.unsent,
@@ -345,3 +409,169 @@ def _summarise(
         db=db,
         warnings=warnings,
     )
+
+
+# --------------------------------------------------------------------------- rerun
+
+
+async def rerun_batch(
+    name: str,
+    *,
+    sandbox: bool,
+    model: str | None,
+    resolution: str | None,
+    again: bool,
+    dry_run: bool,
+    confirm: Callable[[RerunPlan], bool] | None,
+    settings: SendSettings,
+    context: Context,
+) -> RerunResult:
+    """`batcher rerun BATCH --rejected`: plan a new item for each item with a rejected
+    image; with `dry_run` stop there (nothing written, nothing sent); otherwise,
+    once `confirm(plan)` says yes (None: yes), add them to the batch, each linked
+    to the item it redoes, and run them like `run` (preflight, budget, progress).
+
+    `settings.budget` is this rerun's own cap: the batch's budget becomes what
+    it has spent so far plus that much.
+    """
+    catalog = context.catalog()
+    check_overrides(catalog, model, resolution)
+    observer = context.observer
+    warn = _Warnings(observer)
+    with await _open_ledger(context.db_url, create=False) as ledger:
+        batch = prepare.find_batch(ledger, name)
+        planned = await anyio.to_thread.run_sync(
+            functools.partial(
+                _plan_rerun,
+                ledger,
+                batch,
+                catalog,
+                model=model,
+                resolution=resolution,
+                again=again,
+                budget=settings.budget,
+            )
+        )
+        plan = planned.plan
+        if dry_run or not plan.entries:
+            return RerunResult(plan, dry_run=dry_run)
+        if plan.other_pending:
+            raise ConfigError(
+                f"batch {batch.name!r} has {plan.other_pending} pending item(s) that are not "
+                f"reruns; a rerun sends only its own: `batcher resume {batch.name}` sends "
+                "those first. Nothing was sent"
+            )
+        folder = settings.out or gallery_folder(ledger, batch.name, None)
+        prepare_folder(batch_folder(folder, batch.name))
+        with open_endpoint(
+            sandbox=sandbox,
+            base_url=context.base_url,
+            environ=context.environ,
+            on_sandbox=observer.sandbox_started,
+        ) as endpoint:
+            warn(check_endpoint(ledger, batch, endpoint))
+            if confirm is not None and not await anyio.to_thread.run_sync(confirm, plan):
+                return RerunResult(plan, declined=True)
+            batch, added = await anyio.to_thread.run_sync(
+                functools.partial(_add_reruns, ledger, batch, planned, catalog, settings.budget)
+            )
+            observer.prepared(
+                prepare.PreparedBatch(batch, added, RequeueCounts()), display_url(context.db_url)
+            )
+            # The canary (`run --canary N`, from the canary branch) goes here once
+            # SendSettings carries it: drive() runs it for a rerun as for `run`.
+            try:
+                summary = await drive(
+                    ledger,
+                    endpoint,
+                    batch,
+                    catalog,
+                    replace(settings, out=folder, budget=None),
+                    context,
+                    warn,
+                )
+            except InputError:
+                # Refused before sending (preflight, a rejected key): take back
+                # the reruns just added, so that nothing is left half-done.
+                keys = [entry.key for entry in plan.new]
+                await anyio.to_thread.run_sync(ledger.drop_unsent, batch.id, keys)
+                raise
+    return RerunResult(plan, summary)
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedRerun:
+    plan: RerunPlan
+    items: Mapping[str, ItemRecord]  # the rejected items and the batch's reruns, by key
+    next_ordinal: int  # after the batch's last item
+
+
+def _plan_rerun(
+    ledger: Ledger,
+    batch: BatchRecord,
+    catalog: Catalog,
+    *,
+    model: str | None,
+    resolution: str | None,
+    again: bool,
+    budget: int | None,
+) -> _PlannedRerun:
+    rejected = ledger.reviewed_images(batch.id, verdict=REJECT)
+    links = ledger.redo_links(batch.id)
+    wanted = keys_needed(rejected, links)
+    found: dict[str, ItemRecord] = {}
+    last = -1
+    other_pending = 0
+    for record in ledger.items(batch.id):
+        last = max(last, record.ordinal)
+        if record.key in wanted:
+            found[record.key] = record
+        elif record.state == "pending" and record.key not in links:
+            other_pending += 1
+    if budget is not None:
+        budget_left: int | None = budget
+    elif batch.budget is not None:
+        budget_left = max(0, batch.budget - batch.credits_net - batch.credits_reserved)
+    else:
+        budget_left = None
+    plan = plan_rerun(
+        batch.name,
+        rejected,
+        found,
+        links,
+        catalog,
+        model=model,
+        resolution=resolution,
+        again=again,
+        other_pending=other_pending,
+        budget_left=budget_left,
+    )
+    return _PlannedRerun(plan, found, last + 1)
+
+
+def _add_reruns(
+    ledger: Ledger,
+    batch: BatchRecord,
+    planned: _PlannedRerun,
+    catalog: Catalog,
+    budget: int | None,
+) -> tuple[BatchRecord, SyncResult]:
+    """The plan's new items in the ledger, linked to the items they redo; the batch's
+    budget raised to this rerun's cap when one was given."""
+    items = planned.items
+
+    def estimate(settings: ItemSettings) -> tuple[int, bool]:
+        value = catalog.estimate(settings)
+        return value.credits, value.exact
+
+    added = ledger.add_items(
+        batch.id,
+        new_items(planned.plan, items, planned.next_ordinal),
+        estimate=estimate,
+        project_name=lambda item: project_name(batch.name, item.key, item.settings),
+        redo_of={entry.key: items[entry.redoes].id for entry in planned.plan.new},
+    )
+    if budget is not None:
+        current = ledger.get_batch_by_id(batch.id)
+        ledger.set_budget(batch.id, current.credits_net + current.credits_reserved + budget)
+    return ledger.get_batch_by_id(batch.id), added

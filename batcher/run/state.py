@@ -34,6 +34,7 @@ from batcher.client.magic_hour import CreatedProject, ProjectStatus
 from batcher.errors import AuthError, OutputError
 from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
+from batcher.run.manifest_line import ImageFile, ManifestLine
 
 log = logging.getLogger(__name__)
 
@@ -176,27 +177,28 @@ class RunState:
         project_id: str | None = None,
         charged: int | None = 0,
         refunded: int = 0,
-        files: tuple[str, ...] = (),
+        files: Sequence[ImageFile] = (),
         error: str | None = None,
     ) -> None:
         """One line for an item that finished this run (an item never created has
-        no project and was charged nothing). A line that cannot be written is
-        warned about once, never fatal: the ledger holds the same facts."""
-        entry = {
-            "key": item.key,
-            "prompt": item.prompt,
-            "model": item.settings.model,
-            "resolution": item.settings.resolution,
-            "image_count": item.settings.image_count,
-            "project_id": project_id,
-            "state": state,
-            "credits_charged": charged,
-            "credits_refunded": refunded,
-            "files": list(files),
-            "error": error,
-        }
+        no project and was charged nothing)."""
+        self.write_line(
+            ManifestLine.of_item(
+                item,
+                state,
+                project_id=project_id,
+                charged=charged,
+                refunded=refunded,
+                files=files,
+                error=error,
+            )
+        )
+
+    def write_line(self, line: ManifestLine) -> None:
+        """Append `line` to the manifest. A line that cannot be written is warned
+        about once, never fatal: the ledger holds the same facts."""
         try:
-            self._manifest.write(entry)
+            self._manifest.write(line.as_json())
         except OutputError as exc:
             if not self._manifest_failed:
                 self._manifest_failed = True

@@ -44,7 +44,13 @@ def status_table(report: StatusReport) -> Table:
         table.add_column(state, justify="right")
     for column in ("charged", "refunded", "net", "budget"):
         table.add_column(column, justify="right")
+    # Review columns only once a batch has been reviewed: the table stays narrow.
+    reviewed = any(row.reviews.picked or row.reviews.rejected for row in report.batches)
+    if reviewed:
+        table.add_column("picked", justify="right")
+        table.add_column("rejected", justify="right")
     for row in report.batches:
+        reviews = [str(row.reviews.picked), str(row.reviews.rejected)] if reviewed else []
         table.add_row(
             Text(row.name),
             str(row.items),
@@ -53,6 +59,7 @@ def status_table(report: StatusReport) -> Table:
             str(row.credits_refunded),
             str(row.credits_net),
             "" if row.budget is None else str(row.budget),
+            *reviews,
         )
     return table
 

@@ -94,6 +94,8 @@ def summary_table(summary: RunSummary) -> Table:
     table.add_row("elapsed", f"{counters.elapsed:.1f}s")
     if summary.downloaded:
         table.add_row("images in", str(summary.out))
+    if summary.gallery is not None:
+        table.add_row("gallery", str(summary.gallery))
     return table
 
 

@@ -89,7 +89,7 @@ def build_batch(folder: Path, *, name: str = "morning") -> BuiltBatch:
             "run",
             str(job),
             *("--base-url", sandbox.base_url, "--db", db_url, "--out", str(out)),
-            *("--render-retries", "0", "--no-preflight", "--concurrency", "1"),
+            *("--render-retries", "0", "--no-preflight", "--concurrency", "1", "--no-gallery"),
             env={"MAGIC_HOUR_API_KEY": sandbox.key},
         )
         assert run.returncode == 1, run.stderr  # some failed or in doubt, as meant

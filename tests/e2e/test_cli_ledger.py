@@ -45,6 +45,7 @@ ITEM_KEYS = [
     "credits_refunded",
     "credits_net",
     "files",
+    "file_details",
     "reason",
     "resume_with",
 ]
@@ -152,6 +153,9 @@ def test_items_json_gives_every_item_with_the_reason_of_each_failure(mixed: Batc
             assert row["reason"] is None and row["resume_with"] is None
             assert row["credits_charged"] == journal[row["project_id"]].credits_charged
             assert row["files"] and all((Path(f)).exists() for f in row["files"])
+            # The ledger keeps each file's hash, size and dimensions (no manifest needed).
+            assert [d["path"] for d in row["file_details"]] == row["files"]
+            assert all(d["sha256"] and d["bytes"] and d["width"] for d in row["file_details"])
         else:
             assert row["state"] == "failed" and row["model"] == "seedream-v4"
             assert row["project_id"] is None and row["credits_net"] == 0 and row["files"] == []

@@ -66,7 +66,7 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", "the library prints nothing of its own"
     first, second = done.stdout.splitlines()
-    assert first.startswith("0 {'pending': 0, ") and first.endswith(" 85 None")
+    assert first.startswith("0 {'pending': 0, ") and first.endswith(" 85 out/demo/index.html")
     assert "'complete': 12" in first
     assert second.startswith("demo {") and "'complete': 12" in second
 
@@ -152,7 +152,9 @@ def test_run_async_inside_an_event_loop_with_an_observer(
     assert summary.out == tmp_path / "out"
     assert summary.manifest == tmp_path / "out" / "manifest.jsonl"
     assert summary.manifest.is_file()
-    assert summary.gallery is None
+    # Images were downloaded: the gallery was refreshed at the end.
+    assert summary.gallery == tmp_path / "out" / "index.html"
+    assert summary.gallery.is_file()
     assert summary.counters.sent == 4
     assert summary.finished_at >= summary.started_at
     document = summary_json(summary)

@@ -19,6 +19,7 @@ from batcher.ledger import (
     ReleaseClaims,
     RenderFinished,
     ReviewCounts,
+    SavedFile,
 )
 from batcher.ledger.engine import configure_sqlite
 from batcher.ledger.models import Item, utcnow
@@ -169,3 +170,53 @@ def test_a_rerun_points_at_the_item_it_redoes(ledger: Ledger, ledger_url: str) -
     engine.dispose()
     assert ledger.redo_links(batch_id) == {}
     assert "b0002" in _ids(ledger, batch_id)
+
+
+def test_item_files_keep_their_details_and_old_rows_still_read(ledger: Ledger) -> None:
+    batch_id = _batch(ledger, 2)
+    ids = _ids(ledger, batch_id)
+    _render(ledger, batch_id, ids["b0000"], "p-old", state="complete")  # paths only
+    lease = utcnow() + timedelta(seconds=60)
+    ledger.claim(batch_id, "w", states=["pending"], limit=100, lease_until=lease)
+    item_id = ids["b0001"]
+    ledger.apply([BeginSend(item_id, batch_id, "w", reserve=10, budgeted=False)])
+    ledger.apply([Created(item_id, batch_id, "p-new", 10, reserved=10, keep_claim=True)])
+    saved = (
+        SavedFile("out/new-1.png", "ab" * 32, 1234, 512, 288),
+        SavedFile("out/new-2.jpg", "cd" * 32, 999, 512, 288),
+    )
+    ledger.apply([RenderFinished(item_id, batch_id, "p-new", state="complete", files=saved)])
+    records = {item.key: item for item in ledger.items(batch_id)}
+    old, new = records["b0000"], records["b0001"]
+    assert old.files == ("out/p-old-1.png", "out/p-old-2.png")
+    assert old.file_details == (SavedFile("out/p-old-1.png"), SavedFile("out/p-old-2.png"))
+    assert new.files == ("out/new-1.png", "out/new-2.jpg") and new.file_details == saved
+    ledger.record_review(batch_id, "b0001", 1, "reject")
+    [row] = ledger.reviewed_images(batch_id)
+    assert row.file == "out/new-2.jpg"
+
+
+def test_reruns_are_added_with_their_link_and_taken_back_if_unsent(ledger: Ledger) -> None:
+    batch_id = _batch(ledger, 2)
+    ids = _ids(ledger, batch_id)
+    rerun = JobItem(5, "r0000", "prompt 0", SETTINGS, "job.yaml", 1)
+    added = ledger.add_items(
+        batch_id,
+        [rerun],
+        estimate=lambda s: (10, True),
+        project_name=lambda i: i.key,
+        redo_of={"r0000": ids["b0000"]},
+    )
+    assert (added.added, added.kept, added.dropped) == (1, 0, 0)
+    assert ledger.redo_links(batch_id) == {"r0000": "b0000"}
+    assert sorted(_ids(ledger, batch_id)) == ["b0000", "b0001", "r0000"]  # the others stay
+    again = ledger.add_items(
+        batch_id, [rerun], estimate=lambda s: (10, True), project_name=lambda i: i.key, redo_of={}
+    )
+    assert (again.added, again.kept) == (0, 1)
+    # Only never-sent items go: b0001 is sent, r0000 is not.
+    lease = utcnow() + timedelta(seconds=60)
+    ledger.claim(batch_id, "w", states=["pending"], limit=1, lease_until=lease)
+    ledger.apply([BeginSend(ids["b0000"], batch_id, "w", reserve=10, budgeted=False)])
+    assert ledger.drop_unsent(batch_id, ["r0000", "b0000"]) == 1
+    assert sorted(_ids(ledger, batch_id)) == ["b0000", "b0001"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import resource
 import signal
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from batcher.errors import (
     ConfigError,
     ConnectError,
     DownloadExpiredError,
+    DownloadTooLargeError,
     MalformedResponseError,
     OutputError,
     ResponseLostError,
@@ -532,6 +534,77 @@ async def test_unusable_download_url(url: str, tmp_path: Path) -> None:
             await client.download(url, tmp_path / "a.png")
     assert rec.requests == []
     assert names(tmp_path) == []
+
+
+class _EndlessStream(httpx.AsyncByteStream):
+    """A body that never ends (no Content-Length): only counting stops it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def __aiter__(self) -> Any:
+        block = b"\x89PNG" + bytes(64 * 1024 - 4)
+        while True:
+            self.sent += len(block)
+            yield block
+
+
+async def test_a_download_over_the_cap_is_stopped_there(tmp_path: Path) -> None:
+    stream = _EndlessStream()
+    client = MagicHourClient(
+        ApiConfig(base_url=BASE, api_key=KEY),
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, stream=stream)),
+        max_download_bytes=1_000_000,
+    )
+    dest = tmp_path / "img.png"
+    async with client:
+        with pytest.raises(DownloadTooLargeError) as caught:
+            await client.download("https://cdn.test/a.png?sig=secret", dest)
+    assert caught.value.limit == 1_000_000
+    assert "1,000,000-byte cap" in str(caught.value) and "secret" not in str(caught.value)
+    assert stream.sent < 1_000_000 + 2 * 256 * 1024  # read no further than the cap
+    assert names(tmp_path) == []  # nothing of it kept
+
+
+async def test_a_download_announced_over_the_cap_is_not_read(tmp_path: Path) -> None:
+    stream = _EndlessStream()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Length": str(10**12)}, stream=stream)
+
+    client = MagicHourClient(
+        ApiConfig(base_url=BASE, api_key=KEY),
+        transport=httpx.MockTransport(answer),
+        max_download_bytes=1_000_000,
+    )
+    async with client:
+        with pytest.raises(DownloadTooLargeError):
+            await client.download("https://cdn.test/a.png", tmp_path / "img.png")
+    assert stream.sent == 0
+    assert names(tmp_path) == []
+
+
+async def test_a_download_of_exactly_the_cap_is_kept(tmp_path: Path) -> None:
+    client = MagicHourClient(
+        ApiConfig(base_url=BASE, api_key=KEY),
+        transport=httpx.MockTransport(_image_answer),
+        max_download_bytes=300_004,
+    )
+    async with client:
+        assert await client.download("https://cdn.test/a.png", tmp_path / "a.png") == 300_004
+    with pytest.raises(ConfigError):
+        MagicHourClient(ApiConfig(base_url=BASE), max_download_bytes=0)
+
+
+async def test_downloads_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    client, _ = client_for(_image_answer)
+    previous = os.umask(0o022)
+    try:
+        async with client:
+            await client.download("https://cdn.test/a.png", tmp_path / "a.png")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
 
 
 @contextlib.contextmanager

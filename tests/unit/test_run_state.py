@@ -14,6 +14,7 @@ from batcher.errors import AuthError
 from batcher.jobfile.items import ItemSettings
 from batcher.ledger import ItemRecord, Ledger, LedgerWriter
 from batcher.run.files import Manifest
+from batcher.run.manifest_line import ImageFile
 from batcher.run.state import STOP_AUTH, STOP_BUDGET, STOP_INTERRUPTED, RunState
 
 pytestmark = pytest.mark.anyio
@@ -140,13 +141,26 @@ async def test_interrupt_and_fail_end_the_run(ledger: Ledger, tmp_path: Path) ->
 
 async def test_manifest_lines_carry_what_the_item_was(ledger: Ledger, tmp_path: Path) -> None:
     state = make_state(ledger, tmp_path)
-    state.write_manifest(item(), "complete", project_id="p1", charged=5, files=("a.png",))
+    saved = ImageFile("a.png", "ab" * 32, 7, 3, 2)
+    state.write_manifest(item(), "complete", project_id="p1", charged=5, files=(saved,))
     state.close()
     [line] = (tmp_path / "manifest.jsonl").read_text().splitlines()
     entry = json.loads(line)
     assert entry["key"] == "k1"
     assert (entry["project_id"], entry["state"], entry["credits_charged"]) == ("p1", "complete", 5)
-    assert entry["files"] == ["a.png"]
+    assert [f["path"] for f in entry["files"]] == ["a.png"]
+    assert entry["files"][0] == {
+        "path": "a.png",
+        "sha256": "ab" * 32,
+        "bytes": 7,
+        "width": 3,
+        "height": 2,
+    }
+    # DESIGN.md's fields beside today's.
+    settings = item().settings
+    assert (entry["aspect_ratio"], entry["tool"]) == (settings.aspect_ratio, settings.tool)
+    assert entry["vars"] == {} and entry["credits_refunded"] == 0
+    assert entry["finished_at"] is not None
 
 
 @pytest.mark.skipif(not FULL_DEVICE.exists(), reason="no /dev/full here")
