@@ -75,6 +75,8 @@ class RunCounters:
     credits_refunded: int = 0
     in_flight: int = 0  # create requests in flight
     rendering: int = 0  # renders followed and not finished
+    webhook_events: int = 0  # verified webhook events received (batcher.run webhooks)
+    webhook_rejected: int = 0  # webhook deliveries refused (bad signature or stale)
     started: float = field(default_factory=time.monotonic)
 
     @property
