@@ -26,7 +26,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, Unpack
 
 from batcher.errors import ConfigError, JobFileError
 from batcher.jobfile.catalog import CATALOG_ENV, load_catalog
@@ -35,8 +35,6 @@ from batcher.jobfile.plan import build_plan
 from batcher.jobfile.results import JobCheck, PlanReport, Validation
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_RENDER_RETRIES,
     database_url,
 )
 
@@ -49,7 +47,7 @@ if TYPE_CHECKING:
     from batcher.reports.reconcile import ReconcileReport
     from batcher.reports.run_summary import RunSummary
     from batcher.reports.status import StatusReport
-    from batcher.run.observer import RunObserver
+    from batcher.run.call_settings import RunArgs, WorkerArgs
     from batcher.run.rerun import RerunPlan, RerunResult
     from batcher.settings import ApiConfig
 
@@ -161,71 +159,29 @@ async def run_many_async(
     sandbox: bool = False,
     batch_name: str | None = None,
     max_items: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    rate: float | None = None,
-    budget: int | None = None,
-    out: PathLike | None = None,
-    wait: bool = True,
-    download: bool = True,
-    metadata: bool = True,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    gallery: bool = True,
-    render_retries: int = DEFAULT_RENDER_RETRIES,
-    batch_concurrency: int | None = None,
-    batch_rate: float | None = None,
-    preflight: bool = True,
-    resend_unconfirmed: bool = False,
-    retry_failed: bool = False,
-    db: str | None = None,
-    catalog: PathLike | None = None,
-    base_url: str | None = None,
-    env: Environ = None,
-    observer: RunObserver | None = None,
-    handle_signals: bool = True,
+    **settings: Unpack[RunArgs],
 ) -> tuple[RunSummary, ...]:
     """Validate, plan and run every pending item of each job file's batch, one batch
     after the other; a summary per batch (it stops after one interrupted by a signal).
 
     `sandbox`: run against a local emulator started for the call (no key, no
-    credits). `metadata=False` leaves every image byte for byte as downloaded
-    (no provenance chunks); `max_image_bytes` caps each download; `gallery=False`
-    skips refreshing the batch's gallery page at the end. `handle_signals`: the
-    first SIGINT/SIGTERM stops sending and records the creates in flight (exit
-    code 130/143), the second aborts them; only on the main thread.
+    credits). The other settings are the flags of `batcher run`, as keywords
+    (batcher.run.call_settings.RunArgs lists them): e.g. `concurrency=8`,
+    `budget=500`, `metadata=False` (images byte for byte as downloaded),
+    `gallery=False` (no gallery refresh at the end), `handle_signals` (the
+    first SIGINT/SIGTERM stops sending and records the creates in flight, exit
+    code 130/143, the second aborts them; only on the main thread).
     """
-    from batcher.run.session import Context, SendSettings, run_jobs
+    from batcher.run.call_settings import split
+    from batcher.run.session import run_jobs
 
-    settings = SendSettings(
-        concurrency=concurrency,
-        rate=rate,
-        budget=budget,
-        out=Path(out) if out is not None else None,
-        wait=wait,
-        download=download,
-        metadata=metadata,
-        max_image_bytes=max_image_bytes,
-        gallery=gallery,
-        render_retries=render_retries,
-        batch_concurrency=batch_concurrency,
-        batch_rate=batch_rate,
-        preflight=preflight,
-        resend_unconfirmed=resend_unconfirmed,
-        retry_failed=retry_failed,
-    )
-    context = Context.resolve(
-        db=db,
-        catalog=catalog,
-        base_url=base_url,
-        environ=env,
-        observer=observer,
-        handle_signals=handle_signals,
-    )
+    send, context = split("run", settings)
     return await run_jobs(
         _paths(jobs),
         sandbox=sandbox,
         batch_name=batch_name,
         max_items=max_items,
-        settings=settings,
+        settings=send,
         context=context,
     )
 
@@ -236,27 +192,7 @@ async def run_async(
     sandbox: bool = False,
     batch_name: str | None = None,
     max_items: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    rate: float | None = None,
-    budget: int | None = None,
-    out: PathLike | None = None,
-    wait: bool = True,
-    download: bool = True,
-    metadata: bool = True,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    gallery: bool = True,
-    render_retries: int = DEFAULT_RENDER_RETRIES,
-    batch_concurrency: int | None = None,
-    batch_rate: float | None = None,
-    preflight: bool = True,
-    resend_unconfirmed: bool = False,
-    retry_failed: bool = False,
-    db: str | None = None,
-    catalog: PathLike | None = None,
-    base_url: str | None = None,
-    env: Environ = None,
-    observer: RunObserver | None = None,
-    handle_signals: bool = True,
+    **settings: Unpack[RunArgs],
 ) -> RunSummary:
     """Validate, plan and run every pending item of one job file's batch.
 
@@ -271,157 +207,38 @@ async def run_async(
             "one batch after the other"
         )
     [summary] = await run_many_async(
-        paths,
-        sandbox=sandbox,
-        batch_name=batch_name,
-        max_items=max_items,
-        concurrency=concurrency,
-        rate=rate,
-        budget=budget,
-        out=out,
-        wait=wait,
-        download=download,
-        metadata=metadata,
-        max_image_bytes=max_image_bytes,
-        gallery=gallery,
-        render_retries=render_retries,
-        batch_concurrency=batch_concurrency,
-        batch_rate=batch_rate,
-        preflight=preflight,
-        resend_unconfirmed=resend_unconfirmed,
-        retry_failed=retry_failed,
-        db=db,
-        catalog=catalog,
-        base_url=base_url,
-        env=env,
-        observer=observer,
-        handle_signals=handle_signals,
+        paths, sandbox=sandbox, batch_name=batch_name, max_items=max_items, **settings
     )
     return summary
 
 
 async def resume_async(
-    batch: str,
-    *,
-    sandbox: bool = False,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    rate: float | None = None,
-    budget: int | None = None,
-    out: PathLike | None = None,
-    wait: bool = True,
-    download: bool = True,
-    metadata: bool = True,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    gallery: bool = True,
-    render_retries: int = DEFAULT_RENDER_RETRIES,
-    batch_concurrency: int | None = None,
-    batch_rate: float | None = None,
-    preflight: bool = True,
-    resend_unconfirmed: bool = False,
-    retry_failed: bool = False,
-    db: str | None = None,
-    catalog: PathLike | None = None,
-    base_url: str | None = None,
-    env: Environ = None,
-    observer: RunObserver | None = None,
-    handle_signals: bool = True,
+    batch: str, *, sandbox: bool = False, **settings: Unpack[RunArgs]
 ) -> RunSummary:
     """Run again what is pending, failed-and-retryable or interrupted in a batch.
 
     Every known project is polled first, then pending items, failed renders and
     creates refused with 429/5xx are sent; other 4xx refusals need
     `retry_failed`, items in doubt `resend_unconfirmed`. The ledger must exist
-    (LedgerMissingError otherwise). `sandbox`: the batch was run with it.
+    (LedgerMissingError otherwise). `sandbox`: the batch was run with it. The
+    settings are `run`'s.
     """
-    from batcher.run.session import Context, SendSettings, serve_batch
+    from batcher.run.call_settings import split
+    from batcher.run.session import serve_batch
 
-    return await serve_batch(
-        batch,
-        sandbox=sandbox,
-        requeue=True,
-        settings=SendSettings(
-            concurrency=concurrency,
-            rate=rate,
-            budget=budget,
-            out=Path(out) if out is not None else None,
-            wait=wait,
-            download=download,
-            metadata=metadata,
-            max_image_bytes=max_image_bytes,
-            gallery=gallery,
-            render_retries=render_retries,
-            batch_concurrency=batch_concurrency,
-            batch_rate=batch_rate,
-            preflight=preflight,
-            resend_unconfirmed=resend_unconfirmed,
-            retry_failed=retry_failed,
-        ),
-        context=Context.resolve(
-            db=db,
-            catalog=catalog,
-            base_url=base_url,
-            environ=env,
-            observer=observer,
-            handle_signals=handle_signals,
-        ),
-    )
+    send, context = split("resume", settings)
+    return await serve_batch(batch, sandbox=sandbox, requeue=True, settings=send, context=context)
 
 
-async def worker_async(
-    batch: str,
-    *,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    rate: float | None = None,
-    budget: int | None = None,
-    out: PathLike | None = None,
-    wait: bool = True,
-    download: bool = True,
-    metadata: bool = True,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    gallery: bool = True,
-    render_retries: int = DEFAULT_RENDER_RETRIES,
-    batch_concurrency: int | None = None,
-    batch_rate: float | None = None,
-    preflight: bool = True,
-    db: str | None = None,
-    catalog: PathLike | None = None,
-    base_url: str | None = None,
-    env: Environ = None,
-    observer: RunObserver | None = None,
-    handle_signals: bool = True,
-) -> RunSummary:
+async def worker_async(batch: str, **settings: Unpack[WorkerArgs]) -> RunSummary:
     """One more worker on a batch whose ledger is shared: it joins the batch as it
-    is (nothing requeued) and claims items beside the others."""
-    from batcher.run.session import Context, SendSettings, serve_batch
+    is (nothing requeued) and claims items beside the others. The settings are
+    `run`'s but for what `run` requeues (batcher.run.call_settings.WorkerArgs)."""
+    from batcher.run.call_settings import split
+    from batcher.run.session import serve_batch
 
-    return await serve_batch(
-        batch,
-        sandbox=False,
-        requeue=False,
-        settings=SendSettings(
-            concurrency=concurrency,
-            rate=rate,
-            budget=budget,
-            out=Path(out) if out is not None else None,
-            wait=wait,
-            download=download,
-            metadata=metadata,
-            max_image_bytes=max_image_bytes,
-            gallery=gallery,
-            render_retries=render_retries,
-            batch_concurrency=batch_concurrency,
-            batch_rate=batch_rate,
-            preflight=preflight,
-        ),
-        context=Context.resolve(
-            db=db,
-            catalog=catalog,
-            base_url=base_url,
-            environ=env,
-            observer=observer,
-            handle_signals=handle_signals,
-        ),
-    )
+    send, context = split("worker", settings, joining=True)
+    return await serve_batch(batch, sandbox=False, requeue=False, settings=send, context=context)
 
 
 async def rerun_async(
@@ -434,25 +251,7 @@ async def rerun_async(
     dry_run: bool = False,
     confirm: Callable[[RerunPlan], bool] | None = None,
     sandbox: bool = False,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    rate: float | None = None,
-    budget: int | None = None,
-    out: PathLike | None = None,
-    wait: bool = True,
-    download: bool = True,
-    metadata: bool = True,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    gallery: bool = True,
-    render_retries: int = DEFAULT_RENDER_RETRIES,
-    batch_concurrency: int | None = None,
-    batch_rate: float | None = None,
-    preflight: bool = True,
-    db: str | None = None,
-    catalog: PathLike | None = None,
-    base_url: str | None = None,
-    env: Environ = None,
-    observer: RunObserver | None = None,
-    handle_signals: bool = True,
+    **settings: Unpack[WorkerArgs],
 ) -> RerunResult:
     """A new item for each item of `batch` with a rejected image (`batcher review`),
     with the same prompt and settings unless `model` or `resolution` override
@@ -465,10 +264,12 @@ async def rerun_async(
     Items that have a rerun already are left out unless `again`. Refuses
     (ConfigError) a batch with other pending items: `resume` sends those.
     """
-    from batcher.run.session import Context, SendSettings, rerun_batch
+    from batcher.run.call_settings import split
+    from batcher.run.session import rerun_batch
 
     if not rejected:
         raise ConfigError("rerun: say which images to rerun (rejected=True, --rejected)")
+    send, context = split("rerun", settings, joining=True)
     return await rerun_batch(
         batch,
         sandbox=sandbox,
@@ -477,29 +278,8 @@ async def rerun_async(
         again=again,
         dry_run=dry_run,
         confirm=confirm,
-        settings=SendSettings(
-            concurrency=concurrency,
-            rate=rate,
-            budget=budget,
-            out=Path(out) if out is not None else None,
-            wait=wait,
-            download=download,
-            metadata=metadata,
-            max_image_bytes=max_image_bytes,
-            gallery=gallery,
-            render_retries=render_retries,
-            batch_concurrency=batch_concurrency,
-            batch_rate=batch_rate,
-            preflight=preflight,
-        ),
-        context=Context.resolve(
-            db=db,
-            catalog=catalog,
-            base_url=base_url,
-            environ=env,
-            observer=observer,
-            handle_signals=handle_signals,
-        ),
+        settings=send,
+        context=context,
     )
 
 
