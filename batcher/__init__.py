@@ -82,10 +82,10 @@ if TYPE_CHECKING:
     from batcher.reports.audit import AuditReport, AuditRow
     from batcher.reports.items import ItemsReport, ItemView
     from batcher.reports.reconcile import ReconcileReport
-    from batcher.reports.run_summary import RunStats, RunSummary
     from batcher.reports.status import BatchStatus, StatusReport, WorkerView
     from batcher.run.observer import RunObserver, RunProgress
     from batcher.run.rerun import RerunEntry, RerunPlan, RerunResult
+    from batcher.run.summary import RunStats, RunSummary
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY: dict[str, str] = {
@@ -128,8 +128,8 @@ _LAZY: dict[str, str] = {
     "ItemsReport": "batcher.reports.items",
     "ItemView": "batcher.reports.items",
     "ReconcileReport": "batcher.reports.reconcile",
-    "RunStats": "batcher.reports.run_summary",
-    "RunSummary": "batcher.reports.run_summary",
+    "RunStats": "batcher.run.summary",
+    "RunSummary": "batcher.run.summary",
     "BatchStatus": "batcher.reports.status",
     "StatusReport": "batcher.reports.status",
     "WorkerView": "batcher.reports.status",

@@ -45,10 +45,10 @@ if TYPE_CHECKING:
     from batcher.reports.audit import AuditReport
     from batcher.reports.items import ItemsReport
     from batcher.reports.reconcile import ReconcileReport
-    from batcher.reports.run_summary import RunSummary
     from batcher.reports.status import StatusReport
     from batcher.run.call_settings import RunArgs, WorkerArgs
     from batcher.run.rerun import RerunPlan, RerunResult
+    from batcher.run.summary import RunSummary
     from batcher.settings import ApiConfig
 
 DEFAULT_GROUP_BY = ("batch",)

@@ -19,6 +19,16 @@ DEFAULT_RENDER_RETRIES = 1
 # cannot fill the disk. A download is streamed and stopped at the cap.
 DEFAULT_MAX_IMAGE_BYTES = 100_000_000
 
+# A worker beats every HEARTBEAT_S and its claims expire after LEASE_S without
+# one: several missed beats, so a slow but live worker never loses its items.
+# The run beats, `status` judges a worker stale by the same figure.
+LEASE_S = 60.0
+HEARTBEAT_S = 10.0
+
+# Recorded in a batch's settings when it ran against `--sandbox`: that emulator
+# lived only for its run, so its project ids mean nothing to any server later.
+SANDBOX_ENDPOINT = "sandbox"
+
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:

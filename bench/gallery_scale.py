@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from batcher.reports import thumbnails
-from batcher.reports.gallery import GalleryData, GalleryFile, GalleryItem
+from batcher.reports.gallery_data import GalleryData, GalleryFile, GalleryItem
 from batcher.reports.gallery_page import render_page
 from batcher.run.files import slug
 from batcher.sandbox.emulator import ImageJob

@@ -770,7 +770,8 @@ def resume_probe(db: str, name: str) -> int:
 
     from batcher.ledger import Ledger, utcnow
     from batcher.run import prepare as service
-    from batcher.run.liveness import LEASE_S, is_dead, new_worker
+    from batcher.run.liveness import is_dead, new_worker
+    from batcher.settings import LEASE_S
 
     timings: dict[str, float] = {}
 

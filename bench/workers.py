@@ -376,7 +376,8 @@ class Drain:
 def drain(db_url: str, job: Path, page: int, group: int) -> Drain:
     """Claim every item of a fresh batch page by page; BeginSend then Created per group."""
     from batcher.ledger import BeginSend, Created, Ledger, utcnow
-    from batcher.run.liveness import LEASE_S, new_worker
+    from batcher.run.liveness import new_worker
+    from batcher.settings import LEASE_S
 
     _, batch_id = prepare(db_url, job)
     result = Drain(page, group, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0.0, 0)

@@ -113,7 +113,7 @@ def review(
             sys.stdout.write(review_export.export_csv(rows_out))
         return
 
-    from batcher.reports.gallery import gallery_data, gallery_folder
+    from batcher.reports.gallery_data import gallery_data, gallery_folder
     from batcher.review import ReviewServer, ReviewTarget, serve
 
     with Ledger.open(url, create=False) as ledger:

@@ -11,7 +11,7 @@ import click
 from batcher import library
 from batcher.cli.options import max_items_option, requeue_options, run_options
 from batcher.errors import EXIT_TERMINATED
-from batcher.reports.run_summary import worst_exit_code
+from batcher.run.summary import worst_exit_code
 from batcher.terminal.run_views import TerminalRunObserver
 
 

@@ -15,7 +15,7 @@ exponential backoff with full jitter, so many workers that failed together do
 not retry together.
 
 *Paced* callers (the runner and reconcile) send every request through an
-AdaptiveLimiter (batcher.run.limits), which pauses every request after a 429,
+AdaptiveLimiter (batcher.client.limits), which pauses every request after a 429,
 for its Retry-After or a backoff of its own, and lowers the concurrency. For
 them a 429 is the server setting the pace, not an accident: the policy adds
 no wait of its own after it, and 429s have an allowance of their own

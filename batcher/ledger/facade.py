@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from batcher.errors import LedgerMissingError
+from batcher.errors import ConfigError, LedgerMissingError
 from batcher.jobfile.items import ItemSettings, JobItem
 from batcher.ledger import batches, claims, engine, reviews, writes
 from batcher.ledger import credits as credit_rows  # `credits` is a parameter name below
@@ -106,6 +106,17 @@ class Ledger:
 
     def get_batch(self, name: str) -> BatchRecord | None:
         return batches.get_batch(self._db, name)
+
+    def batch_named(self, name: str) -> BatchRecord:
+        """The batch called `name`; ConfigError (naming the known ones) when there is none."""
+        batch = self.get_batch(name)
+        if batch is None:
+            known = self.batch_names()
+            hint = (
+                f"; known batches: {', '.join(known[-10:])}" if known else "; the ledger is empty"
+            )
+            raise ConfigError(f"no batch named {name!r} in the ledger{hint}")
+        return batch
 
     def get_batch_by_id(self, batch_id: int) -> BatchRecord:
         return batches.get_batch_by_id(self._db, batch_id)

@@ -38,7 +38,6 @@ from typing import Any, Final
 from batcher.errors import ConfigError
 from batcher.ledger import GROUP_KEYS, CreditGroup, CreditWindow, GroupValue, Ledger
 from batcher.reports.chart import CHART_GROUPING, ChartData, chart_data
-from batcher.run.prepare import find_batch
 
 DEFAULT_GROUP_BY: Final = ("batch",)
 FORMATS: Final = ("table", "csv", "json")
@@ -169,7 +168,7 @@ class AuditReport:
 
 
 def _window(ledger: Ledger, query: AuditQuery) -> CreditWindow:
-    batch_id = find_batch(ledger, query.batch).id if query.batch is not None else None
+    batch_id = ledger.batch_named(query.batch).id if query.batch is not None else None
     return CreditWindow(since=query.since, until=query.until, batch_id=batch_id)
 
 

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any, Final
 
 from batcher.ledger import STATES
-from batcher.reports.gallery import GalleryData
+from batcher.reports.gallery_data import GalleryData
 
 PAGE_SIZE: Final = 60  # cards per page: a screenful or three, quick to build
 _VERDICT_CODES: Final = {"pick": 1, "reject": 2}

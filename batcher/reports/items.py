@@ -23,7 +23,6 @@ from batcher.ledger import (
     Ledger,
     SavedFile,
 )
-from batcher.run.prepare import find_batch
 
 RESUME: Final = "resume"
 RESUME_RETRY_FAILED: Final = "resume --retry-failed"
@@ -75,7 +74,7 @@ def check_state(state: str | None) -> None:
 def items_report(ledger: Ledger, batch_name: str, state: str | None = None) -> ItemsReport:
     """The items of `batch_name` (in `state`, when given); ConfigError for an unknown batch."""
     check_state(state)
-    batch = find_batch(ledger, batch_name)
+    batch = ledger.batch_named(batch_name)
     credits: dict[int, list[int]] = {}
     for project in ledger.known_projects(batch.id):
         entry = credits.setdefault(project.item_id, [0, 0])

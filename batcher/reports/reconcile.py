@@ -30,12 +30,11 @@ import anyio
 import anyio.to_thread
 
 from batcher.client import retry
+from batcher.client.limits import AdaptiveLimiter
 from batcher.client.magic_hour import ProjectStatus
 from batcher.errors import ApiError, AuthError, BatcherError, TransportError
 from batcher.ledger import BatchRecord, DoubtfulItem, KnownProject, Ledger
-from batcher.run.endpoint import SANDBOX_ENDPOINT
-from batcher.run.limits import AdaptiveLimiter
-from batcher.run.prepare import find_batch
+from batcher.settings import SANDBOX_ENDPOINT
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ def select_batches(
 ) -> tuple[list[BatchRecord], list[SkippedBatch], list[str]]:
     """The batches to poll, those skipped (and why), and warnings about the endpoint."""
     if batch_name is not None:
-        candidates = [find_batch(ledger, batch_name)]
+        candidates = [ledger.batch_named(batch_name)]
     else:
         candidates = [
             batch

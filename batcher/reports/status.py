@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from batcher.errors import ConfigError
 from batcher.ledger import STATES, Ledger, ReviewCounts, utcnow
-from batcher.run.liveness import LEASE_S
+from batcher.settings import LEASE_S
 
 NO_REVIEWS: Final = ReviewCounts(picked=0, rejected=0)
 

@@ -22,7 +22,7 @@ from typing import Final
 from PIL import Image, UnidentifiedImageError
 
 from batcher.errors import OutputError
-from batcher.run.provenance import MalformedImageError, image_size, sniff
+from batcher.images import MalformedImageError, image_size, sniff
 
 log = logging.getLogger(__name__)
 

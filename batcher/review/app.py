@@ -37,7 +37,8 @@ import anyio.to_thread
 
 from batcher.errors import BatcherError, ReviewError
 from batcher.ledger import Ledger, ReviewRecord
-from batcher.reports.gallery import gallery_data, with_thumbnails
+from batcher.reports.gallery import with_thumbnails
+from batcher.reports.gallery_data import gallery_data
 from batcher.reports.gallery_page import ReviewMode, render_page
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import anyio
 
+from batcher.client.limits import AdaptiveLimiter
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, LedgerWriter
 from batcher.run.feeder import Feeder
 from batcher.run.files import Manifest, batch_folder, prepare_folder
 from batcher.run.follower import Follower
-from batcher.run.limits import AdaptiveLimiter
-from batcher.run.liveness import HEARTBEAT_S, LEASE_S, new_worker
+from batcher.run.liveness import new_worker
 from batcher.run.pacing import RenderGate
 from batcher.run.sender import Sender
 from batcher.run.state import (
@@ -42,6 +42,7 @@ from batcher.run.state import (
     RunState,
     in_thread,
 )
+from batcher.settings import HEARTBEAT_S, LEASE_S
 
 __all__ = [
     "STOP_AUTH",

@@ -12,11 +12,8 @@ from typing import Final
 from batcher.errors import ConfigError
 from batcher.ledger import BatchRecord, Ledger
 from batcher.run.prepare import require_key
-from batcher.settings import ApiConfig
+from batcher.settings import SANDBOX_ENDPOINT, ApiConfig
 
-# Recorded in a batch's settings when it ran against `--sandbox`: that emulator
-# lived only for its run, so its project ids mean nothing to any server later.
-SANDBOX_ENDPOINT: Final = "sandbox"
 ENDPOINT_SETTING: Final = "endpoint"
 
 

@@ -19,10 +19,10 @@ from typing import Final
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from batcher.client.limits import AdaptiveLimiter
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, WorkerRecord
 from batcher.ledger.models import utcnow
 from batcher.run.follower import Follower
-from batcher.run.limits import AdaptiveLimiter
 from batcher.run.liveness import is_dead
 from batcher.run.state import RunState, in_thread
 

@@ -44,6 +44,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batcher.client import retry
+from batcher.client.limits import AdaptiveLimiter
 from batcher.client.magic_hour import ProjectStatus
 from batcher.errors import (
     ApiError,
@@ -57,7 +58,6 @@ from batcher.errors import (
 )
 from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
 from batcher.run.files import download_name, image_stem
-from batcher.run.limits import AdaptiveLimiter
 from batcher.run.manifest_line import ImageFile, ManifestLine
 from batcher.run.pacing import PollPlanner, RenderGate
 from batcher.run.provenance import finalize_image

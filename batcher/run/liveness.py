@@ -9,11 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from batcher.ledger import WorkerRecord, utcnow
-
-# A worker beats every HEARTBEAT_S and its claims expire after LEASE_S without
-# one: several missed beats, so a slow but live worker never loses its items.
-LEASE_S = 60.0
-HEARTBEAT_S = 10.0
+from batcher.settings import LEASE_S
 
 
 def _proc_stat(pid: int) -> list[str] | None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from batcher.reports.run_summary import RunSummary
     from batcher.run.batch_run import BatchRun, RunCounters
     from batcher.run.prepare import PreparedBatch
+    from batcher.run.summary import RunSummary
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,22 +124,13 @@ def resume_batch(
     retry_failed: bool,
     resend_unconfirmed: bool,
 ) -> PreparedBatch:
-    batch = find_batch(ledger, name)
+    batch = ledger.batch_named(name)
     if budget is not None:
         ledger.set_budget(batch.id, budget)
     requeued = ledger.requeue(
         batch.id, retry_failed=retry_failed, resend_unconfirmed=resend_unconfirmed
     )
     return PreparedBatch(ledger.get_batch_by_id(batch.id), SyncResult(0, 0, 0), requeued)
-
-
-def find_batch(ledger: Ledger, name: str) -> BatchRecord:
-    batch = ledger.get_batch(name)
-    if batch is None:
-        known = ledger.batch_names()
-        hint = f"; known batches: {', '.join(known[-10:])}" if known else "; the ledger is empty"
-        raise ConfigError(f"no batch named {name!r} in the ledger{hint}")
-    return batch
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from batcher.jobfile.items import ItemSettings, JobItem, identity_digest, item_k
 from batcher.ledger import ItemRecord, ReviewedImage
 
 if TYPE_CHECKING:
-    from batcher.reports.run_summary import RunSummary
+    from batcher.run.summary import RunSummary
 
 REJECT: Final = "reject"
 LISTED_PROBLEMS: Final = 10  # settings problems named in the error; the rest are counted

@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batcher.client import retry
 from batcher.client.body import create_body
+from batcher.client.limits import AdaptiveLimiter
 from batcher.client.magic_hour import CreatedProject
 from batcher.errors import (
     ApiError,
@@ -49,7 +50,6 @@ from batcher.ledger import (
     SendFailed,
 )
 from batcher.run.follower import Follower
-from batcher.run.limits import AdaptiveLimiter
 from batcher.run.pacing import RenderGate
 from batcher.run.state import (
     STOP_BUDGET,

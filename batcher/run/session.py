@@ -35,8 +35,8 @@ from batcher.ledger import (
     display_url,
 )
 from batcher.ledger.models import utcnow
-from batcher.reports.gallery import PAGE_NAME, gallery_folder, write_gallery
-from batcher.reports.run_summary import RunStats, RunSummary, exit_code
+from batcher.reports.gallery import write_gallery
+from batcher.reports.gallery_data import PAGE_NAME, gallery_folder
 from batcher.run import prepare
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
@@ -52,6 +52,7 @@ from batcher.run.rerun import (
     plan_rerun,
 )
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
+from batcher.run.summary import RunStats, RunSummary, exit_code
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -234,7 +235,7 @@ async def serve_batch(
     observer = context.observer
     warn = _Warnings(observer)
     with await _open_ledger(context.db_url, create=False) as ledger:
-        batch = prepare.find_batch(ledger, name)
+        batch = ledger.batch_named(name)
         prepare_folder(batch_folder(settings.out, batch.name))
         with open_endpoint(
             sandbox=sandbox,
@@ -439,7 +440,7 @@ async def rerun_batch(
     observer = context.observer
     warn = _Warnings(observer)
     with await _open_ledger(context.db_url, create=False) as ledger:
-        batch = prepare.find_batch(ledger, name)
+        batch = ledger.batch_named(name)
         planned = await anyio.to_thread.run_sync(
             functools.partial(
                 _plan_rerun,

@@ -12,10 +12,10 @@ import shlex
 from rich.table import Table
 
 from batcher.ledger import display_url
-from batcher.reports.run_summary import RunSummary
 from batcher.run.batch_run import STOP_BUDGET
 from batcher.run.observer import RunObserver, RunProgress
 from batcher.run.prepare import PreparedBatch
+from batcher.run.summary import RunSummary
 from batcher.settings import DEFAULT_DATABASE_URL
 from batcher.terminal import console as output
 from batcher.terminal.progress import RunDisplay

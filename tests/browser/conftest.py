@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from batches import BuiltBatch, build_batch
+from browser_page import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -53,44 +54,6 @@ def browser() -> Iterator[Any]:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-class Page:
-    """A Playwright page and what it tried to fetch that was refused."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-        self.blocked: list[str] = []
-        self.errors: list[str] = []
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.page, name)
-
-    def wait_ready(self) -> None:
-        self.page.wait_for_selector("body[data-ready]")
-        assert not self.errors, self.errors
-
-    def images_loaded(self, selector: str = "img.thumb") -> list[int]:
-        """Each matching image's natural width (0: it did not load), scrolling
-        each into view as a person would, since thumbnails load lazily."""
-        widths: list[int] = self.page.evaluate(
-            """async (selector) => {
-                const images = Array.from(document.querySelectorAll(selector));
-                for (const image of images) {
-                    image.scrollIntoView();
-                    await new Promise((done) => {
-                        if (image.complete) return done();
-                        image.addEventListener("load", done, { once: true });
-                        image.addEventListener("error", done, { once: true });
-                    });
-                }
-                window.scrollTo(0, 0);
-                return images.map((image) => image.naturalWidth);
-            }""",
-            selector,
-        )
-        return widths
 
 
 @pytest.fixture

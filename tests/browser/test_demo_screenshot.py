@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from batches import batcher
-from conftest import Page
+from browser_page import Page
 from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from batches import PROMPTS, REDO_PROMPT, BuiltBatch, batcher
-from conftest import Page
+from browser_page import Page
 from PIL import Image
 
 from batcher.ledger import Ledger
-from batcher.reports.gallery import GalleryData, GalleryFile, GalleryItem
+from batcher.reports.gallery_data import GalleryData, GalleryFile, GalleryItem
 from batcher.reports.gallery_page import PAGE_SIZE, render_page
 from batcher.run.files import slug
 

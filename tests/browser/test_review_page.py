@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from batches import BuiltBatch, batcher
-from conftest import Page
+from browser_page import Page
 
 from batcher.ledger import Ledger
 from batcher.review import ReviewServer, ReviewTarget, running_review

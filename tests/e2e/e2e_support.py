@@ -18,10 +18,10 @@ import batcher
 from batcher.client.magic_hour import MagicHourClient
 from batcher.jobfile.catalog import load_catalog
 from batcher.ledger import Ledger
-from batcher.reports.run_summary import RunSummary
 from batcher.run import prepare
 from batcher.run.batch_run import BatchRun, ImageApi, RunOptions, RunResult
 from batcher.run.observer import RunObserver, RunProgress
+from batcher.run.summary import RunSummary
 from batcher.sandbox import SandboxHandle
 from batcher.settings import ApiConfig
 

@@ -18,9 +18,9 @@ import pytest
 from e2e_support import Batch, prompts, write_job
 
 import batcher
-from batcher.reports.run_summary import summary_json
 from batcher.run.observer import RunProgress
 from batcher.run.prepare import PreparedBatch
+from batcher.run.summary import summary_json
 from batcher.sandbox import SandboxHandle
 
 MakeSandbox = Callable[..., SandboxHandle]

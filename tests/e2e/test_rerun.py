@@ -14,7 +14,7 @@ from e2e_support import Batch, assert_exactly_once, batcher_command, cli_env
 import batcher
 from batcher.errors import ConfigError, PreflightError
 from batcher.jobfile.catalog import load_catalog
-from batcher.reports.gallery import gallery_data
+from batcher.reports.gallery_data import gallery_data
 from batcher.run import prepare
 
 MakeBatch = Any

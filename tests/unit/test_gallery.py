@@ -15,7 +15,7 @@ from batcher.errors import ConfigError
 from batcher.jobfile.items import ItemSettings
 from batcher.ledger import ItemRecord
 from batcher.reports import thumbnails
-from batcher.reports.gallery import (
+from batcher.reports.gallery_data import (
     GalleryData,
     GalleryFile,
     GalleryItem,

@@ -10,8 +10,8 @@ import anyio.lowlevel
 import pytest
 
 from batcher.client import retry
+from batcher.client.limits import BACKOFF_INITIAL, RETRY_AFTER_MAX, AdaptiveLimiter
 from batcher.errors import ApiError
-from batcher.run.limits import BACKOFF_INITIAL, RETRY_AFTER_MAX, AdaptiveLimiter
 
 pytestmark = pytest.mark.anyio
 

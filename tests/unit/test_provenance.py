@@ -19,16 +19,14 @@ import pytest
 from PIL import Image
 
 from batcher.errors import NotAnImageError
+from batcher.images import MalformedImageError, image_size, sniff
 from batcher.run.manifest_line import ImageFile, ManifestLine
 from batcher.run.provenance import (
     EXTENSIONS,
-    MalformedImageError,
     finalize_image,
-    image_size,
     insert_png_text,
     itxt_chunk,
     parameters_text,
-    sniff,
 )
 from batcher.sandbox.emulator import ImageJob
 from batcher.sandbox.images import render_png

@@ -16,7 +16,6 @@ from rich.table import Table
 
 from batcher.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from batcher.ledger import STATES
-from batcher.reports.run_summary import RunStats, RunSummary, exit_code, worst_exit_code
 from batcher.run.batch_run import (
     STOP_BUDGET,
     STOP_INTERRUPTED,
@@ -24,6 +23,7 @@ from batcher.run.batch_run import (
     RunCounters,
     RunResult,
 )
+from batcher.run.summary import RunStats, RunSummary, exit_code, worst_exit_code
 from batcher.terminal.progress import RunDisplay
 from batcher.terminal.run_views import next_steps
 from batcher.terminal.tables import print_table
