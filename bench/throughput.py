@@ -782,7 +782,7 @@ def resume_probe(db: str, name: str) -> int:
         return result
 
     ledger = timed("Ledger.open (migrations check)", Ledger.open, db, create=False)
-    batch = timed("service.find_batch", service.find_batch, ledger, name)
+    batch = timed("Ledger.batch_named", ledger.batch_named, name)
     prepared = timed(
         "service.resume_batch",
         service.resume_batch,
