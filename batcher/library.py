@@ -35,8 +35,14 @@ from batcher.jobfile.plan import build_plan
 from batcher.jobfile.results import JobCheck, PlanReport, Validation
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_CREATE_TIMEOUT,
+    DEFAULT_DOUBT_LIMIT,
+    DEFAULT_GRACE,
     DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_OUTAGE_TOLERANCE,
+    DEFAULT_POLL_TIMEOUT,
     DEFAULT_RENDER_RETRIES,
+    DEFAULT_STALL_TIMEOUT,
     database_url,
 )
 
@@ -182,6 +188,12 @@ async def run_many_async(
     env: Environ = None,
     observer: RunObserver | None = None,
     handle_signals: bool = True,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    doubt_limit: int = DEFAULT_DOUBT_LIMIT,
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT,
+    grace: float = DEFAULT_GRACE,
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT,
 ) -> tuple[RunSummary, ...]:
     """Validate, plan and run every pending item of each job file's batch, one batch
     after the other; a summary per batch (it stops after one interrupted by a signal).
@@ -206,6 +218,12 @@ async def run_many_async(
         max_image_bytes=max_image_bytes,
         gallery=gallery,
         render_retries=render_retries,
+        outage_tolerance=outage_tolerance,
+        stall_timeout=stall_timeout,
+        doubt_limit=doubt_limit,
+        create_timeout=create_timeout,
+        grace=grace,
+        poll_timeout=poll_timeout,
         batch_concurrency=batch_concurrency,
         batch_rate=batch_rate,
         preflight=preflight,
@@ -257,6 +275,12 @@ async def run_async(
     env: Environ = None,
     observer: RunObserver | None = None,
     handle_signals: bool = True,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    doubt_limit: int = DEFAULT_DOUBT_LIMIT,
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT,
+    grace: float = DEFAULT_GRACE,
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT,
 ) -> RunSummary:
     """Validate, plan and run every pending item of one job file's batch.
 
@@ -285,6 +309,12 @@ async def run_async(
         max_image_bytes=max_image_bytes,
         gallery=gallery,
         render_retries=render_retries,
+        outage_tolerance=outage_tolerance,
+        stall_timeout=stall_timeout,
+        doubt_limit=doubt_limit,
+        create_timeout=create_timeout,
+        grace=grace,
+        poll_timeout=poll_timeout,
         batch_concurrency=batch_concurrency,
         batch_rate=batch_rate,
         preflight=preflight,
@@ -325,6 +355,12 @@ async def resume_async(
     env: Environ = None,
     observer: RunObserver | None = None,
     handle_signals: bool = True,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    doubt_limit: int = DEFAULT_DOUBT_LIMIT,
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT,
+    grace: float = DEFAULT_GRACE,
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT,
 ) -> RunSummary:
     """Run again what is pending, failed-and-retryable or interrupted in a batch.
 
@@ -350,6 +386,12 @@ async def resume_async(
             max_image_bytes=max_image_bytes,
             gallery=gallery,
             render_retries=render_retries,
+            outage_tolerance=outage_tolerance,
+            stall_timeout=stall_timeout,
+            doubt_limit=doubt_limit,
+            create_timeout=create_timeout,
+            grace=grace,
+            poll_timeout=poll_timeout,
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
             preflight=preflight,
@@ -389,6 +431,12 @@ async def worker_async(
     env: Environ = None,
     observer: RunObserver | None = None,
     handle_signals: bool = True,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    doubt_limit: int = DEFAULT_DOUBT_LIMIT,
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT,
+    grace: float = DEFAULT_GRACE,
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT,
 ) -> RunSummary:
     """One more worker on a batch whose ledger is shared: it joins the batch as it
     is (nothing requeued) and claims items beside the others."""
@@ -409,6 +457,12 @@ async def worker_async(
             max_image_bytes=max_image_bytes,
             gallery=gallery,
             render_retries=render_retries,
+            outage_tolerance=outage_tolerance,
+            stall_timeout=stall_timeout,
+            doubt_limit=doubt_limit,
+            create_timeout=create_timeout,
+            grace=grace,
+            poll_timeout=poll_timeout,
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
             preflight=preflight,
@@ -453,6 +507,12 @@ async def rerun_async(
     env: Environ = None,
     observer: RunObserver | None = None,
     handle_signals: bool = True,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    doubt_limit: int = DEFAULT_DOUBT_LIMIT,
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT,
+    grace: float = DEFAULT_GRACE,
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT,
 ) -> RerunResult:
     """A new item for each item of `batch` with a rejected image (`batcher review`),
     with the same prompt and settings unless `model` or `resolution` override
@@ -488,6 +548,12 @@ async def rerun_async(
             max_image_bytes=max_image_bytes,
             gallery=gallery,
             render_retries=render_retries,
+            outage_tolerance=outage_tolerance,
+            stall_timeout=stall_timeout,
+            doubt_limit=doubt_limit,
+            create_timeout=create_timeout,
+            grace=grace,
+            poll_timeout=poll_timeout,
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
             preflight=preflight,
