@@ -41,7 +41,6 @@ class DoubtBreaker:
         if self._in_a_row >= self._limit and not self._state.halted():
             self._state.halt(
                 STOP_DOUBT,
-                f"{self._in_a_row} creates in a row came back in doubt (maybe charged, no "
-                f"usable answer; --doubt-limit {self._limit}), the last: {why}. "
-                "Nothing more is sent until the API answers properly",
+                f"{self._in_a_row} creates in a row came back in doubt (maybe charged, "
+                f"no usable answer; --doubt-limit {self._limit}), the last: {why}",
             )

@@ -230,6 +230,13 @@ class Sender:
                 self._gate_not_created()
                 self._state.settle()
             raise
+        if self._state.halted():
+            # Sending stopped while this one waited for its slot: it stays unsent.
+            self._limiter.release()
+            with anyio.CancelScope(shield=True):
+                await self._settle_send(SendFailed(item.id, item.batch_id, "pending", reserve))
+                self._gate_not_created()
+            return _HALTED
         answer: CreatedProject | ApiError | TransportError | None = None
         with anyio.CancelScope(shield=True) as shield:
             self._shields.add(shield)
