@@ -203,7 +203,10 @@ async def run_many_async(
     (no provenance chunks); `max_image_bytes` caps each download; `gallery=False`
     skips refreshing the batch's gallery page at the end. `handle_signals`: the
     first SIGINT/SIGTERM stops sending and records the creates in flight (exit
-    code 130/143), the second aborts them; only on the main thread.
+    code 130/143), the second aborts them (or the end of `grace` seconds); only on
+    the main thread. `outage_tolerance`, `stall_timeout`, `doubt_limit`,
+    `create_timeout`, `grace` and `poll_timeout` are how a run rides out a bad
+    night (README, "What survives what"; the flags of the same names).
     """
     from batcher.run.session import Context, SendSettings, run_jobs
 
