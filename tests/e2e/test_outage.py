@@ -1,7 +1,7 @@
 """API outages, through the real CLI, with a TCP proxy the test cuts and restores
 in front of the sandbox (tests/e2e/tcp_proxy.py).
 
-- An outage of a couple of seconds mid-run: sending pauses, the API is probed
+- An outage of 2 s, and one of 15 s, mid-run: sending pauses, the API is probed
   with backoff, sending resumes when it answers; nothing is lost, every item
   completes, no prompt is paid twice.
 - An outage past `--outage-tolerance`: sending stops, the run exits 1 with the
@@ -21,6 +21,7 @@ import pytest
 from e2e_support import batcher_command, check_against_journal, cli_env, prompts, write_job
 from tcp_proxy import TcpProxy
 
+from batcher.client import retry
 from batcher.ledger import Ledger
 from batcher.sandbox import SandboxHandle
 
@@ -66,17 +67,22 @@ def _await_created(sandbox: SandboxHandle, count: int, timeout: float = 30.0) ->
 
 
 @pytest.mark.slow
-def test_an_outage_of_two_seconds_is_ridden_out(
-    tmp_path: Path, proxied: tuple[SandboxHandle, TcpProxy]
+@pytest.mark.parametrize("seconds", [2.0, 15.0])
+def test_an_outage_is_ridden_out(
+    tmp_path: Path, proxied: tuple[SandboxHandle, TcpProxy], seconds: float
 ) -> None:
     sandbox, proxy = proxied
     run = _start(tmp_path, proxy)
     _await_created(sandbox, 10)
     proxy.cut()
     cut_at = len(sandbox.journal())
-    time.sleep(2.0)
+    time.sleep(seconds)
     assert len(sandbox.journal()) == cut_at, "nothing reached the API during the outage"
     proxy.restore()
+    restored = time.monotonic()
+    _await_created(sandbox, cut_at + 1)
+    # Probes are at most PROBE_MAX (15 s) apart: sending resumes soon after.
+    assert time.monotonic() - restored < retry.PROBE_MAX + 2
     _out, err = run.communicate(timeout=90)
     assert run.returncode == 0, err
     assert "Traceback" not in err and "ExceptionGroup" not in err, err
