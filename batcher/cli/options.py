@@ -165,7 +165,7 @@ run_options = _stack(
     # Surviving the night (README, "What survives what").
     click.option(
         "--outage-tolerance",
-        type=click.FloatRange(0, 1e9, min_open=True),
+        type=click.FloatRange(0, min_open=True),
         default=DEFAULT_OUTAGE_TOLERANCE,
         show_default=True,
         metavar="S",
@@ -174,7 +174,7 @@ run_options = _stack(
     ),
     click.option(
         "--stall-timeout",
-        type=click.FloatRange(0, 1e9, min_open=True),
+        type=click.FloatRange(0, min_open=True),
         default=DEFAULT_STALL_TIMEOUT,
         show_default=True,
         metavar="S",
@@ -191,7 +191,7 @@ run_options = _stack(
     ),
     click.option(
         "--create-timeout",
-        type=click.FloatRange(0, 1e9, min_open=True),
+        type=click.FloatRange(0, min_open=True),
         default=DEFAULT_CREATE_TIMEOUT,
         show_default=True,
         metavar="S",
@@ -199,7 +199,7 @@ run_options = _stack(
     ),
     click.option(
         "--grace",
-        type=click.FloatRange(0, 1e9),
+        type=click.FloatRange(0),
         default=DEFAULT_GRACE,
         show_default=True,
         metavar="S",
@@ -208,7 +208,7 @@ run_options = _stack(
     ),
     click.option(
         "--poll-timeout",
-        type=click.FloatRange(0, 1e9, min_open=True),
+        type=click.FloatRange(0, min_open=True),
         default=DEFAULT_POLL_TIMEOUT,
         show_default=True,
         metavar="S",
