@@ -18,6 +18,13 @@ DEFAULT_RENDER_RETRIES = 1
 # real render (a 4k PNG is tens of MB), low enough that a body that never ends
 # cannot fill the disk. A download is streamed and stopped at the cap.
 DEFAULT_MAX_IMAGE_BYTES = 100_000_000
+# Surviving the night (README, "What survives what"), seconds unless said:
+DEFAULT_OUTAGE_TOLERANCE = 600.0  # the API unreachable this long: sending stops
+DEFAULT_STALL_TIMEOUT = 900.0  # no item moved forward this long: the run stops
+DEFAULT_DOUBT_LIMIT = 3  # creates in doubt in a row: sending stops (the breaker)
+DEFAULT_CREATE_TIMEOUT = 180.0  # one create's overall deadline; past it, in doubt
+DEFAULT_GRACE = 30.0  # after a first SIGINT/SIGTERM, for creates in flight
+DEFAULT_POLL_TIMEOUT = 20.0  # a poll's first read timeout; it adapts from there
 
 # A worker beats every HEARTBEAT_S and its claims expire after LEASE_S without
 # one: several missed beats, so a slow but live worker never loses its items.

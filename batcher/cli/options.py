@@ -13,9 +13,15 @@ from batcher.settings import (
     DATABASE_URL_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
+    DEFAULT_CREATE_TIMEOUT,
     DEFAULT_DATABASE_URL,
+    DEFAULT_DOUBT_LIMIT,
+    DEFAULT_GRACE,
     DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_OUTAGE_TOLERANCE,
+    DEFAULT_POLL_TIMEOUT,
     DEFAULT_RENDER_RETRIES,
+    DEFAULT_STALL_TIMEOUT,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -155,6 +161,58 @@ run_options = _stack(
         metavar="N",
         help="Requests per second for the whole batch, shared by all its workers "
         "(stored in the ledger; 0 clears it).",
+    ),
+    # Surviving the night (README, "What survives what").
+    click.option(
+        "--outage-tolerance",
+        type=click.FloatRange(0, min_open=True),
+        default=DEFAULT_OUTAGE_TOLERANCE,
+        show_default=True,
+        metavar="S",
+        help="While the API cannot be reached, pause and probe it; stop sending "
+        "after this many seconds of continuous outage.",
+    ),
+    click.option(
+        "--stall-timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=DEFAULT_STALL_TIMEOUT,
+        show_default=True,
+        metavar="S",
+        help="Stop (exit 1) after this many seconds in which no item moved forward.",
+    ),
+    click.option(
+        "--doubt-limit",
+        type=click.IntRange(1),
+        default=DEFAULT_DOUBT_LIMIT,
+        show_default=True,
+        metavar="N",
+        help="Stop sending after N creates in a row whose outcome is unknown "
+        "(answer lost or unusable; maybe charged).",
+    ),
+    click.option(
+        "--create-timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=DEFAULT_CREATE_TIMEOUT,
+        show_default=True,
+        metavar="S",
+        help="A create's overall deadline; past it, its outcome is in doubt.",
+    ),
+    click.option(
+        "--grace",
+        type=click.FloatRange(0),
+        default=DEFAULT_GRACE,
+        show_default=True,
+        metavar="S",
+        help="After a first Ctrl-C/SIGTERM, wait this long for creates in flight, "
+        "then record them in doubt.",
+    ),
+    click.option(
+        "--poll-timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=DEFAULT_POLL_TIMEOUT,
+        show_default=True,
+        metavar="S",
+        help="A poll's first read timeout; it follows the latency seen, up to 10x.",
     ),
     click.option(
         "--no-preflight",

@@ -24,6 +24,14 @@ translation is about money (a create is billed when accepted):
     a download URL that is not http(s) with a host → ConnectError (nothing sent)
     a download body over the size cap → DownloadTooLargeError (stopped at the cap)
     OSError writing a downloaded image (full disk...) → OutputError(path)
+    a create with no complete answer by its overall deadline → ResponseLostError
+
+Timeouts adapt (batcher.client.latency): the read timeout of creates and of
+polls follows a high quantile of their recent answers' durations, never below
+the configured one, and doubles after each timeout up to a ceiling. On top,
+each create has an overall deadline (`create_deadline`, `--create-timeout`):
+a server that drips a byte now and then never trips a read timeout, and a
+create must not hold its item (and a shutdown) forever.
 
 Why not a plain `httpx.AsyncClient()`: measured on the 2-core dev machine with
 64 workers (bench/pool_experiments.py, medians of 3 runs), httpcore's pool
@@ -69,6 +77,7 @@ import anyio.to_thread
 import httpx
 
 from batcher import __version__
+from batcher.client.latency import AdaptiveTimeout
 from batcher.client.pool import PooledTransport
 from batcher.errors import (
     ApiError,
@@ -82,7 +91,13 @@ from batcher.errors import (
     ResponseLostError,
     TransportError,
 )
-from batcher.settings import DEFAULT_CONCURRENCY, DEFAULT_MAX_IMAGE_BYTES, ApiConfig
+from batcher.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CREATE_TIMEOUT,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_POLL_TIMEOUT,
+    ApiConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +113,13 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_WRITE_TIMEOUT: Final = 20.0
 DEFAULT_POOL_TIMEOUT: Final = 60.0
 DEFAULT_CREATE_READ_TIMEOUT: Final = 90.0
-DEFAULT_READ_TIMEOUT: Final = 20.0
+DEFAULT_READ_TIMEOUT: Final = DEFAULT_POLL_TIMEOUT
 DEFAULT_DOWNLOAD_READ_TIMEOUT: Final = 60.0
+# A create's overall deadline (--create-timeout): past it the create is in doubt.
+DEFAULT_CREATE_DEADLINE: Final = DEFAULT_CREATE_TIMEOUT
+# A poll's read timeout may grow to this many times the configured one.
+POLL_TIMEOUT_STRETCH: Final = 10.0
+EXTENSIONS_KEPT: Final = 256  # timeout extensions cached (the adaptive ones vary)
 
 # The pool opens up to this many connections per unit of `concurrency`: one for
 # API calls (metered by the limiter) and one for downloads (not metered).
@@ -179,6 +199,7 @@ class Timeouts:
     create_read: float = DEFAULT_CREATE_READ_TIMEOUT
     read: float = DEFAULT_READ_TIMEOUT
     download_read: float = DEFAULT_DOWNLOAD_READ_TIMEOUT
+    create_deadline: float = DEFAULT_CREATE_DEADLINE
 
     def extension(self, read: float) -> dict[str, Any]:
         """The httpcore `timeout` request extension for a call with this read timeout."""
@@ -252,8 +273,13 @@ class MagicHourClient:
         self._json_headers = [*common, (b"Content-Type", b"application/json")]
         self._create_url = httpx.URL(base + CREATE_PATH)
         self._account_url = httpx.URL(base + ACCOUNT_PATH)
-        self._create_ext = timeouts.extension(timeouts.create_read)
         self._read_ext = timeouts.extension(timeouts.read)
+        deadline = timeouts.create_deadline
+        self._create_timeout = AdaptiveTimeout(
+            min(timeouts.create_read, deadline), max(timeouts.create_read, deadline)
+        )
+        self._poll_timeout = AdaptiveTimeout(timeouts.read, timeouts.read * POLL_TIMEOUT_STRETCH)
+        self._extensions: dict[float, dict[str, Any]] = {}
         self._encode = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":")
         ).encode
@@ -301,9 +327,21 @@ class MagicHourClient:
     async def create_image(self, body: Mapping[str, Any]) -> CreatedProject:
         """POST /v1/ai-image-generator. Billable: see the module docstring for errors."""
         content = self._encode(body).encode("utf-8")
-        status, headers, raw, reason = await self._call(
-            "POST", self._create_url, self._json_headers, content, self._create_ext, "create"
-        )
+        deadline = self._timeouts.create_deadline
+        with anyio.move_on_after(deadline) as scope:
+            status, headers, raw, reason = await self._call(
+                "POST",
+                self._create_url,
+                self._json_headers,
+                content,
+                self._create_timeout,
+                "create",
+            )
+        if scope.cancelled_caught:
+            raise ResponseLostError(
+                f"create: no complete answer within its {deadline:g} s deadline "
+                "(--create-timeout); it may have been processed"
+            )
         if not 200 <= status < 300:
             raise self._api_error(status, headers, raw, reason, download=False)
         data = self._json_object(raw, "create", maybe_charged=True)
@@ -326,7 +364,7 @@ class MagicHourClient:
     async def get_project(self, project_id: str) -> ProjectStatus:
         """GET /v1/image-projects/{id}."""
         status, headers, raw, reason = await self._call(
-            "GET", self._project_url(project_id), self._headers, None, self._read_ext, "poll"
+            "GET", self._project_url(project_id), self._headers, None, self._poll_timeout, "poll"
         )
         if not 200 <= status < 300:
             raise self._api_error(status, headers, raw, reason, download=False)
@@ -448,10 +486,16 @@ class MagicHourClient:
         url: httpx.URL,
         headers: list[tuple[bytes, bytes]],
         content: bytes | None,
-        extensions: dict[str, Any],
+        limits: dict[str, Any] | AdaptiveTimeout,
         what: str,
     ) -> tuple[int, httpx.Headers, bytes, str]:
-        """Send one API request straight to the transport; return status, headers, body."""
+        """Send one API request straight to the transport; return status, headers,
+        body. `limits`: a fixed timeout extension, or a timeout that adapts to latency."""
+        if isinstance(limits, AdaptiveTimeout):
+            adaptive: AdaptiveTimeout | None = limits
+            extensions = self._extension(limits.current)
+        else:
+            adaptive, extensions = None, limits
         request = httpx.Request(
             method, url, headers=headers, content=content, extensions=extensions
         )
@@ -463,7 +507,11 @@ class MagicHourClient:
             finally:
                 await response.aclose()
         except _HTTPX_ERRORS as exc:
+            if adaptive is not None and isinstance(exc, httpx.ReadTimeout):
+                adaptive.timed_out()
             raise self._transport_error(exc, what) from None
+        if adaptive is not None:
+            adaptive.answered(time.perf_counter() - started)
         status = response.status_code
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -478,6 +526,15 @@ class MagicHourClient:
                 },
             )
         return status, response.headers, raw, response.reason_phrase
+
+    def _extension(self, read: float) -> dict[str, Any]:
+        """The timeout extension for a read timeout, built once per value."""
+        extension = self._extensions.get(read)
+        if extension is None:
+            if len(self._extensions) > EXTENSIONS_KEPT:
+                self._extensions.clear()
+            extension = self._extensions[read] = self._timeouts.extension(read)
+        return extension
 
     def _transport_error(self, exc: Exception, what: str) -> TransportError:
         detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

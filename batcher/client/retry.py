@@ -33,6 +33,13 @@ Use `await create(call, paced=...)` and `await read(call, ...)`, where `call`
 makes one try (`lambda: client.get_project(id)`); the
 tenacity objects behind them are `create_retrying()` and `read_retrying()`.
 
+*Outages*: a paced caller does not spend a create's attempts on an API it
+cannot reach. A ConnectError pauses every request of the run
+(batcher.run.outage); one request at a time probes, after `probe_wait()`
+(the same full-jitter backoff, capped at PROBE_MAX), and the first answer
+resumes them all. A poll that failed through its attempts is looked at
+again after `poll_again()`, which grows with its consecutive failures.
+
 Tests make every wait zero with `instant()` (or `set_waiting(False)`, or
 BATCHER_RETRY_INSTANT=1 in the environment, read once at import), so the
 right number of attempts happens without sleeping.
@@ -66,6 +73,11 @@ THROTTLED_ATTEMPTS: Final = 30
 BACKOFF_INITIAL: Final = 0.5  # seconds: the cap of the first retry's random wait
 BACKOFF_MAX: Final = 30.0  # the exponential cap stops growing here
 RETRY_AFTER_MAX: Final = 120.0  # a server asking for longer gets this much, then we retry
+PROBE_MAX: Final = 15.0  # an outage is probed at least this often, so it ends soon after the API
+# Even with waits off (tests), probes of an unreachable API never spin.
+PROBE_FLOOR: Final = 0.02
+POLL_AGAIN_INITIAL: Final = 5.0  # a poll that failed through its attempts: look again after this
+POLL_AGAIN_MAX: Final = 120.0  # ...doubling with each consecutive failure, up to this
 
 # Statuses that mean "refused for now, nothing done": too many requests, and
 # every 5xx (the API documents that a 5xx create created nothing).
@@ -133,6 +145,21 @@ def backoff(attempt: int) -> float:
     """Full-jitter exponential backoff after failed attempt number `attempt` (1-based)."""
     ceiling = min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** max(0, attempt - 1))
     return _random.uniform(0.0, ceiling)
+
+
+def probe_wait(attempt: int) -> float:
+    """How long an outage's probe number `attempt` (1-based) waits before it goes."""
+    if not _waiting:
+        return PROBE_FLOOR
+    ceiling = min(PROBE_MAX, BACKOFF_INITIAL * 2.0 ** max(0, attempt - 1))
+    return max(PROBE_FLOOR, _random.uniform(0.0, ceiling))
+
+
+def poll_again(failures: int) -> float:
+    """When to poll a render again after `failures` (1-based) polls in a row that
+    failed through all their attempts: a slow or failing API is asked less often.
+    A schedule, not a retry wait: the test switch leaves it alone."""
+    return min(POLL_AGAIN_MAX, POLL_AGAIN_INITIAL * 2.0 ** max(0, failures - 1))
 
 
 def wait_seconds(attempt: int, exc: BaseException | None) -> float:

@@ -24,32 +24,46 @@ import anyio
 
 from batcher.client.limits import AdaptiveLimiter
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, LedgerWriter
+from batcher.run.breaker import DoubtBreaker
 from batcher.run.feeder import Feeder
 from batcher.run.files import Manifest, batch_folder, prepare_folder
 from batcher.run.follower import Follower
 from batcher.run.liveness import new_worker
+from batcher.run.outage import Outage
 from batcher.run.pacing import RenderGate
 from batcher.run.sender import Sender
+from batcher.run.stall import watch_stall
 from batcher.run.state import (
     STOP_AUTH,
     STOP_BUDGET,
     STOP_CREDITS,
+    STOP_DOUBT,
     STOP_INTERRUPTED,
     STOP_OUTPUT,
+    STOP_STALLED,
     STOP_UNREACHABLE,
     ImageApi,
     RunCounters,
     RunState,
     in_thread,
 )
-from batcher.settings import HEARTBEAT_S, LEASE_S
+from batcher.settings import (
+    DEFAULT_DOUBT_LIMIT,
+    DEFAULT_GRACE,
+    DEFAULT_OUTAGE_TOLERANCE,
+    DEFAULT_STALL_TIMEOUT,
+    HEARTBEAT_S,
+    LEASE_S,
+)
 
 __all__ = [
     "STOP_AUTH",
     "STOP_BUDGET",
     "STOP_CREDITS",
+    "STOP_DOUBT",
     "STOP_INTERRUPTED",
     "STOP_OUTPUT",
+    "STOP_STALLED",
     "STOP_UNREACHABLE",
     "BatchRun",
     "ImageApi",
@@ -80,6 +94,11 @@ class RunOptions:
     # Poll every known render before sending (resume's promise). A worker joining
     # a --no-wait batch skips it: the renders its peers just submitted are theirs.
     poll_known_first: bool = True
+    # Surviving the night (README, "What survives what"):
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE  # seconds the API may be down
+    doubt_limit: int = DEFAULT_DOUBT_LIMIT  # creates in doubt in a row before sending stops
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # seconds without progress before stopping
+    grace: float = DEFAULT_GRACE  # after a first signal, seconds before creates in flight are cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +142,13 @@ class BatchRun:
         self.limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)
         gate = RenderGate()
         worker = new_worker(batch.id)
+        self.outage = Outage(self.state, options.outage_tolerance)
         self.follower = Follower(
             self.state,
             client,
             self.limiter,
             gate,
+            self.outage,
             concurrency=options.concurrency,
             wait=options.wait,
             render_retries=options.render_retries,
@@ -141,6 +162,8 @@ class BatchRun:
             self.limiter,
             gate,
             self.follower,
+            self.outage,
+            DoubtBreaker(self.state, options.doubt_limit),
             batch=batch,
             worker_id=worker.id,
             wait=options.wait,
@@ -191,6 +214,7 @@ class BatchRun:
                 services.start_soon(self.state.writer.serve)
                 services.start_soon(self.feeder.keep_alive)
                 services.start_soon(self.feeder.share_ceilings)
+                services.start_soon(watch_stall, self.state, self.options.stall_timeout)
                 try:
                     await self._work()
                 finally:

@@ -50,6 +50,13 @@ class WorkerArgs(WhereArgs, total=False):
     batch_concurrency: int | None  # a ceiling shared by every worker of the batch
     batch_rate: float | None  # a rate shared by every worker of the batch
     preflight: bool  # check the account's balance before sending
+    # Surviving the night (README, "What survives what"):
+    outage_tolerance: float  # seconds the API may be unreachable before sending stops
+    stall_timeout: float  # seconds without progress before the run stops
+    doubt_limit: int  # consecutive creates in doubt before sending stops (the breaker)
+    create_timeout: float  # a create's overall deadline, seconds (then in doubt)
+    grace: float  # seconds after the first signal before creates in flight are given up
+    poll_timeout: float  # the floor of a poll's read timeout, seconds
 
 
 class RunArgs(WorkerArgs, total=False):

@@ -11,6 +11,12 @@ A render this run created is looked at when the poll planner expects it done
 (it learns render times as renders finish); one created earlier (adopted) is
 looked at once at once: its age is unknown.
 
+Every poll goes through the run's outage gate (batcher.run.outage): while
+the API cannot be reached, polls wait and probe like creates, and an answer
+to one resumes the sending. A poll that failed through its retries is looked
+at again later, later each time (retry.poll_again). Once the outage outlasts
+its tolerance, renders are left `submitted` for `resume`.
+
 A full disk (OutputError) stops the downloads and, through the run state, the
 sending. The render whose images could not be saved, and every render still
 followed, is handed back `submitted` with its project id: `resume` polls it
@@ -51,6 +57,7 @@ from batcher.errors import (
     AuthError,
     BadDownloadError,
     BatcherError,
+    ConnectError,
     DownloadExpiredError,
     NotAnImageError,
     OutputError,
@@ -59,6 +66,7 @@ from batcher.errors import (
 from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
 from batcher.run.files import download_name, image_stem
 from batcher.run.manifest_line import ImageFile, ManifestLine
+from batcher.run.outage import Outage
 from batcher.run.pacing import PollPlanner, RenderGate
 from batcher.run.provenance import finalize_image
 from batcher.run.state import STOP_OUTPUT, ImageApi, RunState
@@ -69,8 +77,6 @@ FINISHED = frozenset({"complete", "error", "canceled"})
 # Looks at a completed project for usable images (the first, then fresh GETs
 # after an expired URL or an unusable body) before the item fails.
 DOWNLOAD_ROUNDS = 3
-# A poll that failed through all its retries: look again this much later.
-POLL_AGAIN_S = 5.0
 NOT_FOUND = 404
 
 
@@ -83,6 +89,7 @@ class _Render:
     charged: int | None  # credits charged at create; None when not known here
     created_at: float  # monotonic time the create was accepted (or it was adopted)
     polls: int = 0
+    failed_polls: int = 0  # in a row, each through all its retries
     last_pending_age: float | None = None  # seen unfinished this long after its create
     first_look: bool = False  # adopted by the pass that runs before anything is sent
     # Created by this run: its age is a render time the poll planner can learn from.
@@ -104,6 +111,7 @@ class Follower:
         client: ImageApi,
         limiter: AdaptiveLimiter,
         gate: RenderGate,
+        outage: Outage,
         *,
         concurrency: int,
         wait: bool,
@@ -118,6 +126,7 @@ class Follower:
         self._client = client
         self._limiter = limiter
         self._gate = gate
+        self._outage = outage
         self._pollers = max(4, concurrency)
         self._wait = wait
         self._render_retries = render_retries
@@ -225,13 +234,22 @@ class Follower:
             await self._poll(render)
 
     async def _get_once(self, project_id: str) -> ProjectStatus:
-        self._counters.polls += 1
-        try:
-            return await self._limiter.call(lambda: self._client.get_project(project_id))
-        except ApiError as exc:
-            if retry.is_throttle(exc):
-                self._counters.throttled += 1
-            raise
+        async with self._outage.admitted():
+            self._counters.polls += 1
+            try:
+                status = await self._limiter.call(lambda: self._client.get_project(project_id))
+            except ConnectError as exc:
+                self._outage.unreachable(exc)
+                if self._outage.given_up:
+                    raise _GivenUp from exc
+                raise
+            except ApiError as exc:
+                self._outage.reachable()
+                if retry.is_throttle(exc):
+                    self._counters.throttled += 1
+                raise
+            self._outage.reachable()
+            return status
 
     async def _get(self, project_id: str) -> ProjectStatus:
         status: ProjectStatus = await retry.read(
@@ -247,6 +265,11 @@ class Follower:
         age = time.monotonic() - render.created_at
         try:
             status = await self._get(render.project_id)
+        except _GivenUp:
+            # The API has been down too long: `resume` looks at it later.
+            self._first_look_seen(render)
+            await self._let_go(render)
+            return
         except AuthError as exc:
             self._state.fail(exc)
             return
@@ -255,14 +278,21 @@ class Follower:
             if isinstance(exc, ApiError) and exc.status == NOT_FOUND:
                 await self._render_failed(render, None, "not_found", exc.message)
                 return
-            log.warning(
-                "poll failed; will try again",
+            render.polls += 1
+            render.failed_polls += 1
+            again = retry.poll_again(render.failed_polls)
+            # Once per render and outage: every failed poll of a long outage is noise.
+            level = logging.WARNING if render.failed_polls == 1 else logging.DEBUG
+            log.log(
+                level,
+                "poll failed; will try again in %.0f s",
+                again,
                 extra={"project_id": render.project_id, "error": str(exc)},
             )
-            render.polls += 1
-            self._schedule_at(time.monotonic() + POLL_AGAIN_S, render)
+            self._schedule_at(time.monotonic() + again, render)
             return
         render.polls += 1
+        render.failed_polls = 0
         self._first_look_seen(render)
         if status.status not in FINISHED:
             render.last_pending_age = age
@@ -452,7 +482,7 @@ class Follower:
                     status = await self._get(render.project_id)
                 except AuthError:
                     raise
-                except (ApiError, TransportError) as exc:
+                except (ApiError, TransportError, _GivenUp) as exc:
                     problem = f"polling for fresh download URLs failed: {exc}"
                     break
             urls = status.downloads
@@ -525,6 +555,11 @@ class Follower:
             lambda: self._client.download(url, dest), about={"path": str(dest)}
         )
         return written
+
+
+class _GivenUp(BatcherError):
+    """A poll found the API down past the outage tolerance: not worth retrying
+    (not a TransportError, so the read policy does not retry it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,15 +4,17 @@ committed before the next step, and the budget's reservations.
     item ──▶ first of its kind? (budget probe) ──▶ render gate ──▶ intent (reserve)
          ──▶ request slot ──POST──▶ API ──▶ outcome ──▶ the follower (accepted)
                                               │
-        429 / 5xx / never connected: back to pending, and the retry policy
-        (batcher.client.retry) sends it again; anything else settles the item
+        429 / 5xx: back to pending, and the retry policy (batcher.client.retry)
+        sends it again; never connected: back to pending, and sent again once
+        the outage is over (batcher.run.outage); anything else settles the item
 
 Money rules (DESIGN.md): a create is re-sent automatically only when it surely
 created nothing (connection never made, 429, 5xx). A timeout or a dropped
 connection after the request went out leaves the item `unconfirmed`. A budget
 reserves each item's estimate (or the charge already seen for its kind, when
 higher) before its create and settles it to the charge after, so concurrent
-creates can never overshoot it.
+creates can never overshoot it. Creates in doubt several times in a row trip
+the breaker (batcher.run.breaker): nothing more is sent.
 
 429s are paced, not merely retried: every request waits for the AdaptiveLimiter,
 which a 429 pauses and narrows; a 429 that the render gate explains (renders are
@@ -49,20 +51,19 @@ from batcher.ledger import (
     ItemRecord,
     SendFailed,
 )
+from batcher.run.breaker import DoubtBreaker
 from batcher.run.follower import Follower
+from batcher.run.outage import Outage
 from batcher.run.pacing import RenderGate
 from batcher.run.state import (
     STOP_BUDGET,
     STOP_CREDITS,
-    STOP_UNREACHABLE,
     ImageApi,
     RunState,
 )
 
 log = logging.getLogger(__name__)
 
-# This many creates in a row that could not even connect: the API is unreachable.
-UNREACHABLE_AFTER: Final = 3
 PAYMENT_REQUIRED: Final = 402
 
 Kind = tuple[str, str | None, int]
@@ -72,6 +73,7 @@ _BEGUN: Final = object()  # the intent is written; the request is next
 _SETTLED: Final = object()  # the item's sending is over for this run
 _NO_BUDGET: Final = object()  # nothing sent: the reservation did not fit
 _GATED: Final = object()  # a 429 the render gate explains: it paces the next try
+_HALTED: Final = object()  # nothing sent: sending stopped while this try waited
 
 
 def kind(item: ItemRecord) -> Kind:
@@ -91,6 +93,8 @@ class Sender:
         limiter: AdaptiveLimiter,
         gate: RenderGate,
         follower: Follower,
+        outage: Outage,
+        breaker: DoubtBreaker,
         *,
         batch: BatchRecord,
         worker_id: str,
@@ -103,6 +107,8 @@ class Sender:
         self._limiter = limiter
         self._gate = gate
         self._follower = follower
+        self._outage = outage
+        self._breaker = breaker
         self._batch = batch
         self._worker_id = worker_id
         self._wait = wait
@@ -110,7 +116,6 @@ class Sender:
         # Per kind of item under a budget: the item sent first, and who waits for it.
         self._probes: dict[Kind, tuple[int, anyio.Event]] = {}
         self._reserved = 0  # credits reserved by creates not yet settled
-        self._connect_failures = 0  # in a row, across every sender task
         self._shields: set[anyio.CancelScope] = set()
 
     def learn_charges(self, observed: Mapping[Kind, int]) -> None:
@@ -162,16 +167,24 @@ class Sender:
             # Intent, then a request slot, then the request: the slot covers only
             # the request (`--concurrency` counts requests in flight), and there
             # are more senders than slots, so commits overlap other requests.
-            await self._limiter.ready()
-            reserve = self._reservation(item)
-            outcome = await self._begin(item, reserve)
-            if outcome is _BEGUN:
-                outcome = await self._send_begun(item, body, reserve)
+            # During an outage this waits: one request at a time probes the API.
+            async with self._outage.admitted():
+                if self._state.halted():
+                    self._gate_not_created()
+                    outcome: object = _HALTED
+                else:
+                    await self._limiter.ready()
+                    reserve = self._reservation(item)
+                    outcome = await self._begin(item, reserve)
+                    if outcome is _BEGUN:
+                        outcome = await self._send_begun(item, body, reserve)
             self._probe_done(item)
             if outcome is _SETTLED:
                 return
-            if outcome is _GATED:
-                continue  # wait for a render to finish, at the gate
+            if outcome is _GATED or outcome is _HALTED:
+                continue  # wait for a render to finish, at the gate; or stop, at the top
+            if isinstance(outcome, ConnectError):
+                continue  # nothing was sent: the outage gate paces the next try
             if outcome is _NO_BUDGET:
                 self._gate_not_created()
                 if await self._wait_for_budget(item):
@@ -217,6 +230,13 @@ class Sender:
                 self._gate_not_created()
                 self._state.settle()
             raise
+        if self._state.halted():
+            # Sending stopped while this one waited for its slot: it stays unsent.
+            self._limiter.release()
+            with anyio.CancelScope(shield=True):
+                await self._settle_send(SendFailed(item.id, item.batch_id, "pending", reserve))
+                self._gate_not_created()
+            return _HALTED
         answer: CreatedProject | ApiError | TransportError | None = None
         with anyio.CancelScope(shield=True) as shield:
             self._shields.add(shield)
@@ -265,7 +285,8 @@ class Sender:
     # ------------------------------------------------------------------ outcomes
 
     async def _created(self, item: ItemRecord, created: CreatedProject, reserve: int) -> None:
-        self._connect_failures = 0
+        self._outage.reachable()
+        self._breaker.cleared()
         self._limiter.on_success()
         key = kind(item)
         self._observed[key] = max(self._observed.get(key, 0), created.credits_charged)
@@ -301,7 +322,19 @@ class Sender:
             self._counters.unconfirmed += 1
             self._state.write_manifest(item, "unconfirmed", error=f"in doubt: {exc}")
             self._state.settle()
+            self._breaker.in_doubt(str(exc))
             return _SETTLED
+        if isinstance(exc, ConnectError):
+            # Nothing was sent: pending again, and the API is down for now.
+            await self._settle_send(
+                SendFailed(item.id, item.batch_id, "pending", reserve, message=str(exc))
+            )
+            self._gate_not_created()
+            self._outage.unreachable(exc)
+            return exc
+        # An HTTP answer: the API is there, and this create's outcome is clear.
+        self._outage.reachable()
+        self._breaker.cleared()
         if isinstance(exc, AuthError):
             await self._settle_send(
                 SendFailed(item.id, item.batch_id, "pending", reserve, status=401, message=str(exc))
@@ -319,7 +352,6 @@ class Sender:
             )
             if not retry.is_throttle(exc):
                 self._gate_not_created()
-                self._count_connect_failure(exc)
                 return exc
             self._counters.throttled += 1
             assert isinstance(exc, ApiError)
@@ -350,13 +382,6 @@ class Sender:
                 STOP_CREDITS, f"the account cannot pay for more (HTTP 402: {exc.message})"
             )
         return _SETTLED
-
-    def _count_connect_failure(self, exc: ApiError | TransportError) -> None:
-        if not isinstance(exc, ConnectError):
-            return
-        self._connect_failures += 1
-        if self._connect_failures >= UNREACHABLE_AFTER:
-            self._state.halt(STOP_UNREACHABLE, f"the API is unreachable: {exc}")
 
     async def _gave_up(self, item: ItemRecord, exc: ApiError | TransportError) -> None:
         """Retries ran out on a create that surely created nothing: `resume` retries it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from batcher.client.magic_hour import MagicHourClient
+from batcher.client.magic_hour import MagicHourClient, Timeouts
 from batcher.errors import ConfigError, InputError
 from batcher.jobfile.catalog import CATALOG_ENV, Catalog, load_catalog
 from batcher.jobfile.items import ItemSettings, project_name
@@ -55,8 +56,14 @@ from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.run.summary import RunStats, RunSummary, exit_code
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_CREATE_TIMEOUT,
+    DEFAULT_DOUBT_LIMIT,
+    DEFAULT_GRACE,
     DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_OUTAGE_TOLERANCE,
+    DEFAULT_POLL_TIMEOUT,
     DEFAULT_RENDER_RETRIES,
+    DEFAULT_STALL_TIMEOUT,
     database_url,
 )
 
@@ -86,8 +93,23 @@ class SendSettings:
     # batch as it is.
     resend_unconfirmed: bool = False
     retry_failed: bool = False
+    # Surviving the night (README, "What survives what"):
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    doubt_limit: int = DEFAULT_DOUBT_LIMIT
+    create_timeout: float = DEFAULT_CREATE_TIMEOUT
+    grace: float = DEFAULT_GRACE
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT
 
     def __post_init__(self) -> None:
+        for name in ("outage_tolerance", "stall_timeout", "create_timeout", "poll_timeout"):
+            seconds = getattr(self, name)
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ConfigError(f"{name} must be a number of seconds above 0, not {seconds}")
+        if not (math.isfinite(self.grace) and self.grace >= 0):
+            raise ConfigError(f"grace must be 0 or more seconds, not {self.grace}")
+        if self.doubt_limit < 1:
+            raise ConfigError(f"doubt_limit must be at least 1, not {self.doubt_limit}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.rate is not None and self.rate <= 0:
@@ -113,7 +135,14 @@ class SendSettings:
             metadata=self.metadata,
             out_dir=self.out,
             render_retries=self.render_retries,
+            outage_tolerance=self.outage_tolerance,
+            doubt_limit=self.doubt_limit,
+            stall_timeout=self.stall_timeout,
+            grace=self.grace,
         )
+
+    def timeouts(self) -> Timeouts:
+        return Timeouts(read=self.poll_timeout, create_deadline=self.create_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +320,10 @@ async def drive(
     signals = SignalsSeen()
     started_at = utcnow()
     async with MagicHourClient(
-        endpoint.api, concurrency=options.concurrency, max_download_bytes=settings.max_image_bytes
+        endpoint.api,
+        concurrency=options.concurrency,
+        max_download_bytes=settings.max_image_bytes,
+        timeouts=settings.timeouts(),
     ) as client:
         if settings.preflight:
             report = await prepare.preflight(client, ledger, batch, catalog)

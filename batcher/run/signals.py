@@ -2,7 +2,8 @@
 
 First signal: send nothing more, let the creates already on the wire answer and
 record them, then end (exit 130 for SIGINT, 143 for SIGTERM, as cron and
-systemd expect). Second: give up on those creates too; they are recorded as in
+systemd expect). Second, or the first's grace running out (`--grace`,
+batcher.run.grace): give up on those creates too; they are recorded as in
 doubt. Either way the ledger is consistent and `resume` picks up.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,6 +19,7 @@ import anyio
 
 from batcher.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 from batcher.run.batch_run import BatchRun
+from batcher.run.grace import abort_after
 from batcher.run.observer import RunObserver
 
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
@@ -38,8 +41,14 @@ def can_handle_signals() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _in_flight(run: BatchRun) -> Callable[[], int]:
+    counters = run.counters
+    return lambda: counters.in_flight
+
+
 async def stop_on_signals(run: BatchRun, observer: RunObserver, seen: SignalsSeen) -> None:
-    """Until cancelled: the first SIGINT/SIGTERM interrupts `run`, the next aborts it.
+    """Until cancelled: the first SIGINT/SIGTERM interrupts `run` and starts its
+    grace period; the next, or the grace's end, aborts it.
 
     The handlers that were there before come back afterwards: the event loop
     would otherwise leave the defaults (SIGTERM: die on the spot) behind it.
@@ -47,15 +56,17 @@ async def stop_on_signals(run: BatchRun, observer: RunObserver, seen: SignalsSee
     before = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     try:
         with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            async for received in signals:
-                number = signal.Signals(received)
-                if seen.first is None:
-                    seen.first = number
-                    observer.stopping(number.name, abort=False)
-                    run.interrupt()
-                else:
-                    observer.stopping(number.name, abort=True)
-                    run.abort()
+            async with anyio.create_task_group() as grace:
+                async for received in signals:
+                    number = signal.Signals(received)
+                    if seen.first is None:
+                        seen.first = number
+                        observer.stopping(number.name, abort=False)
+                        run.interrupt()
+                        grace.start_soon(abort_after, run.options.grace, _in_flight(run), run.abort)
+                    else:
+                        observer.stopping(number.name, abort=True)
+                        run.abort()
     finally:
         for number, handler in before.items():
             if handler is not None:

@@ -35,6 +35,7 @@ from batcher.errors import AuthError, OutputError
 from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
 from batcher.run.manifest_line import ImageFile, ManifestLine
+from batcher.settings import API_KEY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ STOP_UNREACHABLE = "unreachable"
 STOP_INTERRUPTED = "interrupted"
 STOP_AUTH = "auth"
 STOP_OUTPUT = "output"  # the output folder cannot be written (a full disk)
+STOP_DOUBT = "doubt"  # creates kept coming back in doubt (batcher.run.breaker)
+STOP_STALLED = "stalled"  # no progress for --stall-timeout (batcher.run.stall)
 
 
 class ImageApi(Protocol):
@@ -125,9 +128,22 @@ class RunState:
         self.halt(STOP_INTERRUPTED, "interrupted by the user")
         self._done.set()
 
+    def stop(self, reason: str, detail: str) -> None:
+        """Stop now, not by the user's hand: as `interrupt()`, with its own reason."""
+        self.halt(reason, detail)
+        self._done.set()
+
     def fail(self, exc: AuthError) -> None:
-        """The key was rejected: nothing more can work. Stop everything; the run raises it."""
-        self.fatal = exc
+        """The key was rejected after the run began (revoked?): nothing more can
+        work. Stop everything (creates on the wire are still recorded); the run
+        raises it, as a one-line error that names the key's variable."""
+        if self.fatal is None:
+            self.fatal = AuthError(
+                exc.status,
+                f"{exc.message}. The API rejected the key in {API_KEY_ENV} during the "
+                "run (revoked?): sending stopped, creates in flight were recorded. "
+                "Set a valid key, then `batcher resume` the batch",
+            )
         self.halt(STOP_AUTH, str(exc))
         self._done.set()
 

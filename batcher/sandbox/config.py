@@ -83,6 +83,7 @@ class SandboxConfig:
     create_garble_rate: float = 1.0  # share of accepted creates garbled, when a mode is set
     drip_seconds: float = 5.0  # `slow-drip`: one byte of the answer this often
     image_format: str = "png"  # one of IMAGE_FORMATS: the bytes of a download
+    key_revoked: bool = False  # every /v1/ request answers 401, as for a key revoked mid-run
     # Webhooks (DESIGN.md, "Webhooks instead of polls"): off without a URL.
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)  # fixed at start, never shown
@@ -141,6 +142,7 @@ RUNTIME_FIELDS: Final = (
     "create_garble_rate",
     "drip_seconds",
     "image_format",
+    "key_revoked",
     "webhook_url",
     "webhook_drop_rate",
     "webhook_duplicate_rate",
@@ -240,6 +242,9 @@ def config_problems(config: SandboxConfig) -> list[str]:
         if choice not in choices:
             problems.append(f"{name}: must be one of {', '.join(choices)}")
     problems.extend(_webhook_problems(config))
+    revoked: object = config.key_revoked
+    if not isinstance(revoked, bool):
+        problems.append("key_revoked: must be true or false")
     retry_after: object = config.retry_after
     if (
         retry_after is not None

@@ -337,6 +337,7 @@ class Emulator:
         self.latency = config.latency
         self._webhooks_on = config.webhook_url is not None
         self._auth = b"Bearer " + config.key.encode("utf-8")
+        self._revoked = config.key_revoked
         if new_limit or config.rate_limit != self._rate:
             # A changed limit starts with a full bucket; changing another fault
             # leaves the bucket as it is.
@@ -388,7 +389,11 @@ class Emulator:
                     self._rate_limited += 1
                     return Reply(429, _TOO_MANY, self._retry_after((1.0 - tokens) / rate))
                 self._tokens = tokens - 1.0
-            if authorization is None or not _bearer_matches(authorization, self._auth):
+            if (
+                self._revoked
+                or authorization is None
+                or not _bearer_matches(authorization, self._auth)
+            ):
                 return _UNAUTHORIZED
             return None
 

@@ -158,3 +158,37 @@ def test_a_full_disk_through_the_cli_exits_1_without_a_traceback(
     states = check_against_journal(db, sandbox.journal())
     assert states["complete"] == 100
     assert len(sandbox.journal()) == 100, "nothing was paid twice"
+
+
+def test_an_unwritable_out_is_refused_before_anything_is_sent_even_as_root(
+    tmp_path: Path, external_sandbox: Any
+) -> None:
+    # A read-only tmpfs over --out: unwritable for root too (chmod is not).
+    unshare = _unshare()
+    sandbox = external_sandbox("--render-seconds", "0.05")
+    job = write_job(tmp_path, prompts(5), name="readonly")
+    db = tmp_path / "ledger.db"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    mount = 'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"'
+    in_namespace = [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", mount, str(locked)]
+    run = subprocess.run(
+        [
+            *in_namespace,
+            *batcher_command(
+                "run", str(job), "--base-url", sandbox.base_url, "--db", f"sqlite:///{db}",
+                "--out", str(locked),
+            ),
+        ],
+        env=cli_env(MAGIC_HOUR_API_KEY="sandbox-key"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.splitlines()
+    assert line.startswith("error: ") and str(locked) in line and "writable" in line, line
+    assert sandbox.journal() == [], "nothing was sent"
+    assert not db.exists(), "refused before the ledger was touched"

@@ -122,8 +122,9 @@ def test_an_unreachable_api_stops_sending_with_nothing_sent(make_batch: MakeBatc
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     batch = make_batch(prompts(20))
-    result = batch.run(base_url=f"http://127.0.0.1:{port}", concurrency=4)
+    result = batch.run(base_url=f"http://127.0.0.1:{port}", concurrency=4, outage_tolerance=0.3)
     assert result.stopped == STOP_UNREACHABLE
+    assert result.stop_detail is not None and "--outage-tolerance 0.3" in result.stop_detail
     assert result.unsent == 20
     assert _states(batch) == {"pending": 20}
 

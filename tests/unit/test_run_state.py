@@ -136,7 +136,9 @@ async def test_interrupt_and_fail_end_the_run(ledger: Ledger, tmp_path: Path) ->
     failed.hold(5)
     error = AuthError(401, "bad key")
     failed.fail(error)
-    assert done(failed) and failed.stopped == STOP_AUTH and failed.fatal is error
+    assert done(failed) and failed.stopped == STOP_AUTH
+    assert isinstance(failed.fatal, AuthError) and failed.fatal.status == 401
+    assert "bad key" in str(failed.fatal) and "MAGIC_HOUR_API_KEY" in str(failed.fatal)
 
 
 async def test_manifest_lines_carry_what_the_item_was(ledger: Ledger, tmp_path: Path) -> None:
