@@ -173,3 +173,36 @@ max_items_option = click.option(
     help="Refuse a job that makes more than N items (default: the job file's max_items, "
     "else 100,000).",
 )
+
+# How a sending command reports (Nightly operations in DESIGN.md): for cron,
+# systemd and a monitoring stack.
+report_options = _stack(
+    click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print one JSON object per batch on stdout when it ends (batch, exit_code, "
+        "items, states, credits, times, out, manifest, gallery) instead of the summary.",
+    ),
+    click.option(
+        "--progress-interval",
+        type=click.FloatRange(0, min_open=True),
+        default=30.0,
+        show_default=True,
+        metavar="S",
+        help="Without a terminal, a progress line on stderr every S seconds.",
+    ),
+    click.option(
+        "--log-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Also append every log record, with all its fields, to FILE.",
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="--log-file's format: text lines, or JSON lines.",
+    ),
+)

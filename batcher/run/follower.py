@@ -56,6 +56,7 @@ from batcher.errors import (
     TransportError,
 )
 from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
+from batcher.run import log_context
 from batcher.run.files import download_name, image_stem
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.manifest_line import ImageFile, ManifestLine
@@ -246,7 +247,8 @@ class Follower:
             return
         age = time.monotonic() - render.created_at
         try:
-            status = await self._get(render.project_id)
+            with log_context.about(key=render.item.key, project_id=render.project_id):
+                status = await self._get(render.project_id)
         except AuthError as exc:
             self._state.fail(exc)
             return

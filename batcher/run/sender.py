@@ -48,6 +48,7 @@ from batcher.ledger import (
     ItemRecord,
     SendFailed,
 )
+from batcher.run import log_context
 from batcher.run.follower import Follower
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.pacing import RenderGate
@@ -142,7 +143,10 @@ class Sender:
         created nothing."""
         body = create_body(item.prompt, item.settings, item.project_name)
         try:
-            await retry.create(lambda: self._try(item, body), paced=True, about={"key": item.key})
+            with log_context.about(key=item.key):
+                await retry.create(
+                    lambda: self._try(item, body), paced=True, about={"key": item.key}
+                )
         except AuthError:
             raise
         except (ApiError, TransportError) as exc:

@@ -41,7 +41,7 @@ from batcher.run import prepare
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
-from batcher.run.observer import RunObserver, RunProgress
+from batcher.run.observer import RunObserver, RunProgress, to_settle
 from batcher.run.rerun import (
     REJECT,
     RerunPlan,
@@ -297,7 +297,7 @@ async def drive(
             warn(report.warning)
         run = prepare.new_run(ledger, client, batch, options)
         counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
-        todo = sum(n for state, n in counts.items() if state != "complete")
+        todo = to_settle(counts, wait=options.wait)
         progress = RunProgress(batch.name, todo, options.wait, run)
         result = await _run_beside(progress, observer, signals, context.handle_signals)
     gallery = await refresh_gallery(ledger, batch, settings, result, warn)

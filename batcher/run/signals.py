@@ -1,8 +1,9 @@
-"""SIGINT and SIGTERM during a run: the first stops it cleanly, the second aborts.
+"""SIGINT, SIGTERM and SIGHUP during a run: the first stops it cleanly, the second aborts.
 
 First signal: send nothing more, let the creates already on the wire answer and
 record them, then end (exit 130 for SIGINT, 143 for SIGTERM, as cron and
-systemd expect). Second: give up on those creates too; they are recorded as in
+systemd expect; SIGHUP, a closed terminal or a dropped ssh session, is taken
+as SIGTERM: 143). Second: give up on those creates too; they are recorded as in
 doubt. Either way the ledger is consistent and `resume` picks up.
 """
 
@@ -19,8 +20,12 @@ from batcher.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 from batcher.run.batch_run import BatchRun
 from batcher.run.observer import RunObserver
 
-STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
-EXIT_CODES: Final = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_CODES: Final = {
+    signal.SIGINT: EXIT_INTERRUPTED,
+    signal.SIGTERM: EXIT_TERMINATED,
+    signal.SIGHUP: EXIT_TERMINATED,
+}
 
 
 @dataclass
@@ -39,7 +44,7 @@ def can_handle_signals() -> bool:
 
 
 async def stop_on_signals(run: BatchRun, observer: RunObserver, seen: SignalsSeen) -> None:
-    """Until cancelled: the first SIGINT/SIGTERM interrupts `run`, the next aborts it.
+    """Until cancelled: the first SIGINT/SIGTERM/SIGHUP interrupts `run`, the next aborts it.
 
     The handlers that were there before come back afterwards: the event loop
     would otherwise leave the defaults (SIGTERM: die on the spot) behind it.

@@ -179,6 +179,7 @@ def test_progress_off_a_terminal_is_a_plain_line_at_each_interval(
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) >= 3, "a line at every interval"
     assert all(
-        line.startswith("nightly: 3/4 · 2 complete · 1 failed · 0 in doubt") for line in lines
+        line.startswith("nightly: 3/4 (75%) · 2 complete · 1 failed · 0 in doubt") for line in lines
     )
+    assert all("items/s · ETA " in line for line in lines)
     assert all("15 credits" in line and "\x1b" not in line for line in lines)

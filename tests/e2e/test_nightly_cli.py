@@ -1,0 +1,190 @@
+"""What cron, systemd and a monitoring stack get from the sending commands
+(DESIGN.md, Nightly operations), through the real CLI against the sandbox:
+`--json`, the summary on stdout, progress lines, logs, hints that work."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from e2e_support import batcher_command, cli_env, prompts, write_job
+from test_cli_runs import ANSI, DEADLINE_S, on_a_terminal
+
+from batcher.sandbox import SandboxHandle
+
+MakeSandbox = Callable[..., SandboxHandle]
+
+JSON_KEYS = [
+    "batch", "exit_code", "items", "states", "credits_charged", "credits_refunded",
+    "credits_net", "started_at", "finished_at", "duration_s", "out", "manifest", "gallery",
+]  # fmt: skip
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+class Cli:
+    """One job against one sandbox, through `python -m batcher`."""
+
+    def __init__(self, tmp: Path, sandbox: SandboxHandle, name: str, count: int) -> None:
+        self.tmp = tmp
+        self.sandbox = sandbox
+        self.name = name
+        self.job = write_job(tmp, prompts(count), name=name)
+        self.db = f"sqlite:///{tmp / 'ledger.db'}"
+        self.env = cli_env(MAGIC_HOUR_API_KEY=sandbox.key, BATCHER_RETRY_INSTANT="1")
+        self.common = ["--base-url", sandbox.base_url, "--db", self.db]
+        self.out = ["--out", str(tmp / "out")]
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            batcher_command(*args),
+            cwd=self.tmp,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE_S,
+            check=False,
+        )
+
+    def run(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        return self("run", str(self.job), *self.common, *self.out, *flags)
+
+    def status(self) -> dict[str, object]:
+        shown = self("status", self.name, "--json", "--db", self.db)
+        assert shown.returncode == 0, shown.stderr
+        [batch] = json.loads(shown.stdout)["batches"]
+        return batch  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, make_sandbox: MakeSandbox) -> Callable[..., Cli]:
+    def make(name: str = "nightly", count: int = 6, **sandbox: object) -> Cli:
+        return Cli(tmp_path, make_sandbox(**sandbox), name, count)
+
+    return make
+
+
+# --------------------------------------------------------------------------- --json
+
+
+def test_json_is_one_object_with_design_keys_equal_to_the_server(cli: Callable[..., Cli]) -> None:
+    job = cli(count=5)
+    done = job.run("--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)  # the whole of stdout: one object
+    assert list(document) == JSON_KEYS
+    journal = job.sandbox.journal()
+    assert document["batch"] == "nightly"
+    assert document["exit_code"] == 0
+    assert document["items"] == 5
+    assert {k: v for k, v in document["states"].items() if v} == {"complete": 5}
+    assert document["credits_charged"] == sum(entry.credits_charged for entry in journal)
+    assert document["credits_refunded"] == sum(entry.credits_refunded for entry in journal)
+    assert document["credits_net"] == document["credits_charged"] - document["credits_refunded"]
+    assert ISO_TIME.match(document["started_at"]) and ISO_TIME.match(document["finished_at"])
+    assert document["duration_s"] > 0
+    assert Path(document["manifest"]) == Path(document["out"]) / "manifest.jsonl"
+    assert Path(document["gallery"]).is_file()
+    status = job.status()
+    for key in ("credits_charged", "credits_refunded", "credits_net", "items"):
+        assert status[key] == document[key], key
+
+
+def test_json_on_resume_and_with_failures_carries_exit_1(cli: Callable[..., Cli]) -> None:
+    job = cli(count=3, render_error_rate=1.0)
+    done = job.run("--json", "--render-retries", "0")
+    assert done.returncode == 1
+    document = json.loads(done.stdout)
+    assert document["exit_code"] == 1 and document["states"]["failed"] == 3
+    again = job("resume", job.name, *job.common, *job.out, "--json", "--render-retries", "0")
+    assert again.returncode == json.loads(again.stdout)["exit_code"] == 1
+    assert "failed" in again.stderr  # the hints stay on stderr
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def test_the_summary_is_on_stdout_and_diagnostics_on_stderr(cli: Callable[..., Cli]) -> None:
+    job = cli(count=4)
+    done = job.run()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("batch nightly\n")
+    assert "credits charged this run" in done.stdout
+    assert "batch 'nightly' in" in done.stderr and "batch 'nightly' in" not in done.stdout
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_keeps_the_summary_as_one_line(cli: Callable[..., Cli], where: str) -> None:
+    job = cli(count=4)
+    args = ["run", str(job.job), *job.common, *job.out]
+    done = job("-q", *args) if where == "before" else job(*args, "-q")
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.startswith("batch nightly: exit 0 · 4 items (4 complete) · ")
+    assert "credits net" in line
+    assert done.stderr == ""  # nothing but warnings and errors
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_off_a_terminal_is_a_plain_line_at_the_interval(
+    cli: Callable[..., Cli],
+) -> None:
+    job = cli(count=8, render_seconds=1.0)
+    done = job.run("--progress-interval", "0.3", "--concurrency", "2")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "batcher.terminal.progress" in line]
+    assert len(lines) >= 3, done.stderr
+    assert ANSI not in done.stderr and ANSI not in done.stdout
+    for line in lines:
+        when, level, _logger, text = line.split(" ", 3)
+        assert ISO_TIME.match(when) and level == "INFO"
+        assert re.match(r"nightly: \d+/8 \(\d+%\) · \d+ complete · \d+ failed · \d+ in doubt", text)
+        assert re.search(r"· \d+ credits · ", text) and "items/s · ETA " in text
+
+
+def test_the_default_interval_is_30_seconds(cli: Callable[..., Cli]) -> None:
+    job = cli(count=3)
+    done = job.run()
+    assert done.returncode == 0, done.stderr
+    # A 1 s run: no line at an interval, only the one at the end.
+    [line] = [line for line in done.stderr.splitlines() if "batcher.terminal.progress" in line]
+    assert "nightly: 3/3 (100%)" in line
+    assert "30" in job("run", "--help").stdout.split("--progress-interval", 1)[1][:200]
+
+
+def test_the_live_display_fits_80_columns_and_reaches_100_percent(
+    tmp_path: Path, make_sandbox: MakeSandbox
+) -> None:
+    sandbox = make_sandbox(render_seconds=0.3)
+    env = cli_env(TERM="xterm-256color", MAGIC_HOUR_API_KEY=sandbox.key)
+    env.pop("NO_COLOR", None)
+    env.pop("COLUMNS", None)
+    job = write_job(tmp_path, prompts(6), name="a-rather-long-batch-name-for-80-columns")
+    code, screen = on_a_terminal(
+        "run", str(job), "--base-url", sandbox.base_url, cwd=tmp_path, env=env, columns=80
+    )
+    assert code == 0, screen
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+    assert "6/6" in plain and "100%" in plain
+    assert "6 done" in plain and "credits" in plain  # the counts line, whole
+    assert "…" not in plain.split("batch a-rather")[0].replace("a-rather-long-b…", "")
+
+
+def test_items_in_doubt_from_before_do_not_hold_the_bar_back(cli: Callable[..., Cli]) -> None:
+    """A second run over a batch with items in doubt (not re-sent) counts only the
+    items it settles: its last progress line says 100%."""
+    job = cli(count=3, drop_rate=1.0)
+    assert job.run().returncode == 1
+    assert job.status()["states"]["unconfirmed"] == 3  # type: ignore[index]
+    job.sandbox.emulator.set_faults({"drop_rate": 0.0, "render_seconds": 0.5})
+    with_more = write_job(job.tmp, prompts(6), name=job.name)
+    done = job("run", str(with_more), *job.common, *job.out, "--progress-interval", "0.1")
+    assert done.returncode == 1, done.stderr  # the items in doubt are still there
+    lines = [line for line in done.stderr.splitlines() if "batcher.terminal.progress" in line]
+    assert lines, done.stderr
+    assert "3/3 (100%)" in lines[-1], lines[-1]
