@@ -176,6 +176,8 @@ async def run_many_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    metrics_file: PathLike | None = None,
+    notify: Sequence[str] = (),
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -192,6 +194,9 @@ async def run_many_async(
     skips refreshing the batch's gallery page at the end. `handle_signals`: the
     first SIGINT/SIGTERM stops sending and records the creates in flight (exit
     code 130/143), the second aborts them; only on the main thread.
+    `metrics_file`: write Prometheus text there at the start, every 15 s and at
+    the end; `notify`: Apprise URLs sent one message when each batch ends
+    (the batcher[notify] extra); neither changes a run's outcome.
     """
     from batcher.run.session import Context, SendSettings, run_jobs
 
@@ -211,6 +216,8 @@ async def run_many_async(
         preflight=preflight,
         resend_unconfirmed=resend_unconfirmed,
         retry_failed=retry_failed,
+        metrics_file=Path(metrics_file) if metrics_file is not None else None,
+        notify=tuple(notify),
     )
     context = Context.resolve(
         db=db,
@@ -251,6 +258,8 @@ async def run_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    metrics_file: PathLike | None = None,
+    notify: Sequence[str] = (),
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -290,6 +299,8 @@ async def run_async(
         preflight=preflight,
         resend_unconfirmed=resend_unconfirmed,
         retry_failed=retry_failed,
+        metrics_file=metrics_file,
+        notify=notify,
         db=db,
         catalog=catalog,
         base_url=base_url,
@@ -319,6 +330,8 @@ async def resume_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    metrics_file: PathLike | None = None,
+    notify: Sequence[str] = (),
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -355,6 +368,8 @@ async def resume_async(
             preflight=preflight,
             resend_unconfirmed=resend_unconfirmed,
             retry_failed=retry_failed,
+            metrics_file=Path(metrics_file) if metrics_file is not None else None,
+            notify=tuple(notify),
         ),
         context=Context.resolve(
             db=db,
@@ -383,6 +398,8 @@ async def worker_async(
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
     preflight: bool = True,
+    metrics_file: PathLike | None = None,
+    notify: Sequence[str] = (),
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -412,6 +429,8 @@ async def worker_async(
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
             preflight=preflight,
+            metrics_file=Path(metrics_file) if metrics_file is not None else None,
+            notify=tuple(notify),
         ),
         context=Context.resolve(
             db=db,

@@ -199,6 +199,20 @@ report_options = _stack(
         help="Also append every log record, with all its fields, to FILE.",
     ),
     click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Write Prometheus metrics to FILE at the start, every 15 s and at the end, "
+        "atomically (for node_exporter's textfile collector: name it *.prom).",
+    ),
+    click.option(
+        "--notify",
+        multiple=True,
+        metavar="URL",
+        help="Send one message when the run ends to this Apprise URL (slack://, discord://, "
+        "mailto://, json://...); repeatable. Needs batcher[notify].",
+    ),
+    click.option(
         "--log-format",
         type=click.Choice(["text", "json"]),
         default="text",

@@ -42,6 +42,7 @@ from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress, to_settle
+from batcher.run.reporting import check_reports, reporting
 from batcher.run.rerun import (
     REJECT,
     RerunPlan,
@@ -85,6 +86,9 @@ class SendSettings:
     # batch as it is.
     resend_unconfirmed: bool = False
     retry_failed: bool = False
+    # Reports for cron and monitoring (batcher.run.reporting).
+    metrics_file: Path | None = None
+    notify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -179,6 +183,7 @@ async def run_jobs(
     that was interrupted by a signal."""
     if not jobs:
         raise ConfigError("no job file given")
+    check_reports(settings.metrics_file, settings.notify)
     catalog = context.catalog()
     specs = prepare.load_jobs(jobs, catalog, batch_name=batch_name, max_items=max_items)
     observer = context.observer
@@ -230,6 +235,7 @@ async def serve_batch(
 ) -> RunSummary:
     """`batcher resume` (`requeue`: retry what is retryable first) or `batcher worker`
     (join the batch as it is). The ledger must exist."""
+    check_reports(settings.metrics_file, settings.notify)
     catalog = context.catalog()
     observer = context.observer
     warn = _Warnings(observer)
@@ -286,7 +292,8 @@ async def drive(
     batch = prepare.set_shared_limits(
         ledger, batch, rate=settings.batch_rate, concurrency=settings.batch_concurrency
     )
-    observer = context.observer
+    reports = reporting(context.observer, settings.metrics_file, settings.notify)
+    observer = reports or context.observer
     signals = SignalsSeen()
     started_at = utcnow()
     async with MagicHourClient(
@@ -317,6 +324,8 @@ async def drive(
         )
     )
     observer.finished(summary)
+    if reports is not None:
+        await reports.ended(summary)
     return summary
 
 

@@ -72,11 +72,9 @@ def configure_logging(*, debug: bool, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # --quiet drops the progress bar, not the news: a run still reports its
-    # progress as a plain line every few seconds.
-    logging.getLogger("batcher.terminal.progress").setLevel(
-        logging.DEBUG if debug else logging.INFO
-    )
+    # -q means only warnings, errors and results: no progress lines either
+    # (a --log-file still gets them).
+    logging.getLogger("batcher.terminal.progress").setLevel(logging.NOTSET)
 
 
 def add_log_file(path: Path, *, json_lines: bool) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import batcher_command, cli_env, prompts, write_job
-from test_cli_runs import ANSI, DEADLINE_S, on_a_terminal
+from e2e_support import cli_env, prompts, write_job
+from nightly_support import ISO_TIME, Cli
+from test_cli_runs import ANSI, on_a_terminal
 
 from batcher.sandbox import SandboxHandle
 
@@ -22,49 +22,6 @@ JSON_KEYS = [
     "batch", "exit_code", "items", "states", "credits_charged", "credits_refunded",
     "credits_net", "started_at", "finished_at", "duration_s", "out", "manifest", "gallery",
 ]  # fmt: skip
-ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-class Cli:
-    """One job against one sandbox, through `python -m batcher`."""
-
-    def __init__(self, tmp: Path, sandbox: SandboxHandle, name: str, count: int) -> None:
-        self.tmp = tmp
-        self.sandbox = sandbox
-        self.name = name
-        self.job = write_job(tmp, prompts(count), name=name)
-        self.db = f"sqlite:///{tmp / 'ledger.db'}"
-        self.env = cli_env(MAGIC_HOUR_API_KEY=sandbox.key, BATCHER_RETRY_INSTANT="1")
-        self.common = ["--base-url", sandbox.base_url, "--db", self.db]
-        self.out = ["--out", str(tmp / "out")]
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            batcher_command(*args),
-            cwd=self.tmp,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE_S,
-            check=False,
-        )
-
-    def run(self, *flags: str) -> subprocess.CompletedProcess[str]:
-        return self("run", str(self.job), *self.common, *self.out, *flags)
-
-    def status(self) -> dict[str, object]:
-        shown = self("status", self.name, "--json", "--db", self.db)
-        assert shown.returncode == 0, shown.stderr
-        [batch] = json.loads(shown.stdout)["batches"]
-        return batch  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def cli(tmp_path: Path, make_sandbox: MakeSandbox) -> Callable[..., Cli]:
-    def make(name: str = "nightly", count: int = 6, **sandbox: object) -> Cli:
-        return Cli(tmp_path, make_sandbox(**sandbox), name, count)
-
-    return make
 
 
 # --------------------------------------------------------------------------- --json
