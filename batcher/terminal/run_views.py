@@ -39,8 +39,10 @@ class TerminalRunObserver(RunObserver):
         self.quiet = quiet
         self.as_json = as_json
         self.progress_interval = progress_interval
+        self.sandbox = False  # the hints name --sandbox when the run used it
 
     def sandbox_started(self, base_url: str) -> None:
+        self.sandbox = True
         if not self.quiet:
             output.note(f"sandbox: serving the Magic Hour API emulator at {base_url}")
 
@@ -79,7 +81,7 @@ class TerminalRunObserver(RunObserver):
             output.result(summary_line(summary))
         else:
             print_table(summary_table(summary))
-        for hint in next_steps(summary):
+        for hint in next_steps(summary, sandbox=self.sandbox):
             output.warning(hint)
 
 
@@ -137,13 +139,14 @@ def summary_table(summary: RunSummary) -> Table:
     return table
 
 
-def next_steps(summary: RunSummary) -> list[str]:
-    """What to do about what the run left, each with the command that does it."""
+def next_steps(summary: RunSummary, *, sandbox: bool = False) -> list[str]:
+    """What to do about what the run left, each with the command that does it
+    (`sandbox`: the run used `--sandbox`, so the batch's commands need it too)."""
     batch = shlex.quote(summary.batch)
     db = ""
-    if summary.db != display_url(DEFAULT_DATABASE_URL):
+    if display_url(summary.db) != display_url(DEFAULT_DATABASE_URL):
         db = f" --db {shlex.quote(summary.db)}"
-    resume = f"batcher resume {batch}{db}"
+    resume = f"batcher resume {batch}{db}" + (" --sandbox" if sandbox else "")
     states = summary.states
     hints: list[str] = []
     if summary.interrupted:
@@ -151,19 +154,26 @@ def next_steps(summary: RunSummary) -> list[str]:
     if summary.stopped is not None:
         again = f"{resume} --budget N" if summary.stopped == STOP_BUDGET else resume
         hints.append(
-            f"sending stopped: {summary.stop_detail}; {summary.unsent} item(s) left unsent. "
+            f"sending stopped: {summary.stop_detail}; {summary.unsent:,} item(s) left unsent. "
             f"Continue with: {again}"
             + (" (N: the new cap in credits)" if summary.stopped == STOP_BUDGET else "")
         )
     if states.get("unconfirmed"):
+        # reconcile asks the API: a sandbox's projects died with it.
+        check = "" if sandbox else f"; `batcher reconcile {batch}{db}` asks the API about them"
         hints.append(
-            f"{states['unconfirmed']} item(s) are in doubt (sent, answer lost): "
-            f"`batcher reconcile {batch}{db}` lists them; "
-            f"`{resume} --resend-unconfirmed` sends them again"
+            f"{states['unconfirmed']:,} item(s) are in doubt (sent, answer lost): "
+            f"`batcher items {batch} --state unconfirmed{db}` lists them{check}; "
+            f"`{resume} --resend-unconfirmed` sends them again (they may be charged twice)"
         )
     if states.get("failed"):
         hints.append(
-            f"{states['failed']} item(s) failed; `batcher items {batch} --state failed{db}` "
+            f"{states['failed']:,} item(s) failed; `batcher items {batch} --state failed{db}` "
             f"shows why; `{resume}` retries those worth retrying"
+        )
+    if not summary.waited and states.get("submitted"):
+        hints.append(
+            f"{states['submitted']:,} item(s) submitted without waiting (--no-wait): "
+            f"`{resume}` follows their renders and fetches the images"
         )
     return hints

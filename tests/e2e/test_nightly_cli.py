@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import cli_env, prompts, write_job
-from nightly_support import ISO_TIME, Cli
+from e2e_support import batcher_command, cli_env, prompts, write_job
+from nightly_support import DEADLINE_S, ISO_TIME, Cli
 from test_cli_runs import ANSI, on_a_terminal
 
 from batcher.sandbox import SandboxHandle
@@ -145,3 +147,121 @@ def test_items_in_doubt_from_before_do_not_hold_the_bar_back(cli: Callable[..., 
     lines = [line for line in done.stderr.splitlines() if "batcher.terminal.progress" in line]
     assert lines, done.stderr
     assert "3/3 (100%)" in lines[-1], lines[-1]
+
+
+# --------------------------------------------------------------------------- hints
+
+
+def suggested(stderr: str) -> list[list[str]]:
+    """Every command a hint suggests: `in backticks`, or after "Continue with:"."""
+    commands = re.findall(r"`(batcher [^`]+)`", stderr)
+    commands += [
+        match.strip()
+        for match in re.findall(r"Continue with: (batcher .+?)(?: \(N:|$)", stderr, re.M)
+    ]
+    return [shlex.split(command) for command in commands]
+
+
+def hinted(stderr: str, *words: str) -> list[str]:
+    """The one suggested command holding all `words`, as arguments after `batcher`."""
+    [command] = [c for c in suggested(stderr) if all(word in c for word in words)]
+    return command[1:]
+
+
+def test_a_budget_stop_hint_resumes_with_a_new_budget(cli: Callable[..., Cli]) -> None:
+    job = cli(count=4)
+    job.env["MAGIC_HOUR_BASE_URL"] = job.sandbox.base_url
+    done = job("run", str(job.job), "--db", job.db, "--budget", "6")
+    assert done.returncode == 1, done.stderr
+    args = hinted(done.stderr, "resume", "--budget")
+    assert args[args.index("--budget") + 1] == "N"
+    args[args.index("--budget") + 1] = "1000"
+    again = job(*args)
+    assert again.returncode == 0, again.stderr
+    assert job.status()["states"]["complete"] == 4  # type: ignore[index]
+
+
+def test_a_budget_stop_after_sandbox_says_sandbox(tmp_path: Path) -> None:
+    job = write_job(tmp_path, prompts(3), name="sand")
+    env = cli_env(BATCHER_RETRY_INSTANT="1")
+    run = subprocess.run(
+        batcher_command("run", str(job), "--sandbox", "--budget", "5"),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE_S, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    args = hinted(run.stderr, "resume", "--budget")
+    assert "--sandbox" in args
+    args[args.index("--budget") + 1] = "1000"
+    again = subprocess.run(
+        batcher_command(*args),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE_S, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+
+
+def test_failure_hints_show_why_and_resume_retries(cli: Callable[..., Cli]) -> None:
+    job = cli(count=3, render_error_rate=1.0)
+    job.env["MAGIC_HOUR_BASE_URL"] = job.sandbox.base_url
+    done = job("run", str(job.job), "--db", job.db, "--render-retries", "0")
+    assert done.returncode == 1
+    why = job(*hinted(done.stderr, "items", "failed"))
+    assert why.returncode == 0, why.stderr
+    assert why.stdout.count("the render failed and was refunded") == 3
+    job.sandbox.emulator.set_faults({"render_error_rate": 0.0})
+    retried = job(*hinted(done.stderr, "resume"))
+    assert retried.returncode == 0, retried.stderr
+    # status points at items too, and that command works
+    shown = job("status", "--db", job.db)
+    assert "shows why" not in shown.stderr  # nothing failed any more
+    assert job.status()["states"]["complete"] == 3  # type: ignore[index]
+
+
+def test_doubt_hints_list_them_ask_the_api_and_resend(cli: Callable[..., Cli]) -> None:
+    job = cli(count=2, drop_rate=1.0)
+    job.env["MAGIC_HOUR_BASE_URL"] = job.sandbox.base_url
+    done = job("run", str(job.job), "--db", job.db)
+    assert done.returncode == 1
+    listed = job(*hinted(done.stderr, "items", "unconfirmed"))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("in doubt") >= 2, listed.stdout
+    asked = job(*hinted(done.stderr, "reconcile"))
+    assert asked.returncode in (0, 1), asked.stderr
+    assert "Traceback" not in asked.stderr
+    job.sandbox.emulator.set_faults({"drop_rate": 0.0})
+    resent = job(*hinted(done.stderr, "--resend-unconfirmed"))
+    assert resent.returncode == 0, resent.stderr
+    status = job("status", "--db", job.db)
+    assert "shows why" not in status.stderr
+
+
+def test_status_points_at_items_for_why(cli: Callable[..., Cli]) -> None:
+    job = cli(count=2, render_error_rate=1.0)
+    assert job.run("--render-retries", "0").returncode == 1
+    shown = job("status", "--db", job.db)
+    assert shown.returncode == 0
+    why = job(*hinted(shown.stderr, "items", "failed"))
+    assert why.returncode == 0, why.stderr
+    assert why.stdout.count("the render failed and was refunded") == 2
+
+
+def test_account_without_a_key_does_not_suggest_sandbox(tmp_path: Path) -> None:
+    done = subprocess.run(
+        batcher_command("account"),
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "MAGIC_HOUR_API_KEY" in done.stderr
+    assert "--sandbox" not in done.stderr
+    # `run` takes --sandbox, so its hint names it, and that works.
+    job = write_job(tmp_path, prompts(1), name="nokey")
+    run = subprocess.run(
+        batcher_command("run", str(job)),
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2 and "add --sandbox" in run.stderr
+    sandboxed = subprocess.run(
+        batcher_command("run", str(job), "--sandbox"),
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=DEADLINE_S,
+        check=False,
+    )  # fmt: skip
+    assert sandboxed.returncode == 0, sandboxed.stderr
