@@ -265,3 +265,86 @@ def test_account_without_a_key_does_not_suggest_sandbox(tmp_path: Path) -> None:
         check=False,
     )  # fmt: skip
     assert sandboxed.returncode == 0, sandboxed.stderr
+
+
+# --------------------------------------------------------------------------- items
+
+
+def test_items_json_gives_the_reason_for_refused_and_failed_items(
+    cli: Callable[..., Cli],
+) -> None:
+    job = cli(count=4, credits=12, render_error_rate=1.0)
+    done = job.run("--render-retries", "0", "--no-preflight", "--concurrency", "4")
+    assert done.returncode == 1
+    shown = job("items", job.name, "--json", "--db", job.db)
+    assert shown.returncode == 0, shown.stderr
+    items = json.loads(shown.stdout)["items"]
+    assert len(items) == 4
+    for item in items:
+        assert {"key", "state", "prompt", "model", "project_id", "credits_charged", "files",
+                "reason"} <= set(item)  # fmt: skip
+    failed = [item for item in items if item["state"] == "failed"]
+    assert failed and all(item["reason"] for item in failed)
+    refused = [item for item in failed if item["project_id"] is None]
+    rendered = [item for item in failed if item["project_id"] is not None]
+    assert refused and rendered, items
+    assert all("402" in item["reason"] for item in refused), refused
+    assert all("render failed" in item["reason"] for item in rendered), rendered
+    only = job("items", job.name, "--json", "--state", "failed", "--db", job.db)
+    assert len(json.loads(only.stdout)["items"]) == len(failed)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def test_log_file_json_lines_carry_the_context_and_debug_shows_each_exchange(
+    cli: Callable[..., Cli],
+) -> None:
+    job = cli(count=4, error_rate=0.5, seed=3)
+    log_file = job.tmp / "run.jsonl"
+    done = job.run("--log-file", str(log_file), "--log-format", "json", "--debug")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert records and all(ISO_TIME.match(r["time"]) for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    retries = [r for r in records if r.get("event") == "retry.create"]
+    assert retries, "error_rate 0.5 makes creates retry"
+    for record in retries:
+        assert record["key"] and record["attempt"] >= 1 and record["wait"] >= 0
+        assert record["status"] in (500, 502, 503)
+    calls = [r for r in records if r.get("event") == "api.call"]
+    creates = [r for r in calls if r["method"] == "POST"]
+    polls = [r for r in calls if r["method"] == "GET" and "project_id" in r]
+    assert creates and polls
+    for record in creates:
+        assert record["path"] == "/v1/ai-image-generator" and record["key"]
+        assert isinstance(record["status"], int) and record["elapsed_ms"] >= 0
+    for record in polls:
+        assert record["key"] and record["project_id"] in record["path"]
+    text = log_file.read_text() + done.stderr + done.stdout
+    assert job.sandbox.key not in text and job.sandbox.key[:12] not in text
+    # On stderr (no terminal): the same records as text, context after the message.
+    lines = [line for line in done.stderr.splitlines() if "api call" in line]
+    assert lines and all(ISO_TIME.match(line.split(" ", 1)[0]) for line in lines)
+    assert any(re.search(r" key=\S+ POST /v1/ai-image-generator \d{3} [\d.]+ms", x) for x in lines)
+
+
+def test_log_file_text_and_quiet_keeps_the_file_whole(cli: Callable[..., Cli]) -> None:
+    job = cli(count=4, error_rate=0.5, seed=3)
+    log_file = job.tmp / "run.log"
+    done = job.run("--log-file", str(log_file), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "retrying" not in done.stderr  # -q: INFO stays off the terminal
+    logged = log_file.read_text().splitlines()
+    retries = [line for line in logged if "retrying create" in line]
+    assert retries and all(" key=" in line and " attempt=" in line for line in retries)
+    assert any("batcher.terminal.progress" in line for line in logged)
+    assert all(ISO_TIME.match(line.split(" ", 1)[0]) for line in logged)
+
+
+def test_an_unwritable_log_file_is_refused_before_sending(cli: Callable[..., Cli]) -> None:
+    job = cli(count=2)
+    done = job.run("--log-file", str(job.tmp / "missing" / "run.log"))
+    assert done.returncode == 2
+    assert "--log-file" in done.stderr and "Traceback" not in done.stderr
+    assert job.sandbox.journal() == []
