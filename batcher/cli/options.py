@@ -8,6 +8,7 @@ from typing import Any, ClassVar, TypeVar
 
 import click
 
+from batcher.jobfile.catalog import CATALOG_ENV
 from batcher.settings import (
     BASE_URL_ENV,
     DATABASE_URL_ENV,
@@ -62,7 +63,7 @@ catalog_option = click.option(
     "catalog_path",
     type=click.Path(path_type=Path),
     metavar="FILE",
-    help="Model catalog file [env BATCHER_CATALOG; default: the packaged one].",
+    help=f"Model catalog file [env {CATALOG_ENV}; default: the packaged one].",
 )
 base_url_option = click.option(
     "--base-url",
@@ -103,8 +104,7 @@ run_options = _stack(
         "--budget",
         type=click.IntRange(0),
         metavar="CREDITS",
-        help="Credit cap for the batch's net spend [default: `run`: the job file's "
-        "budget; otherwise the batch's current one].",
+        help="Credit cap for the batch's net spend [default: the job file's budget].",
     ),
     click.option(
         "--out",

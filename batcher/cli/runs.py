@@ -136,4 +136,13 @@ def worker(ctx: click.Context, /, batch_name: str, **flags: Any) -> None:
     sys.exit(summary.exit_code)
 
 
+# The shared --budget reads a job file's budget; resume and worker have none.
+for _command in (resume, worker):
+    for _param in _command.params:
+        if _param.name == "budget" and isinstance(_param, click.Option):
+            _param.help = (
+                "Credit cap for the batch's net spend [default: the batch's current budget, "
+                "if any]."
+            )
+
 COMMANDS: list[click.Command] = [run, resume, worker]

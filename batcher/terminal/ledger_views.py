@@ -72,15 +72,15 @@ def status_table(report: StatusReport) -> Table:
         table.add_column("picked", justify="right")
         table.add_column("rejected", justify="right")
     for row in report.batches:
-        reviews = [str(row.reviews.picked), str(row.reviews.rejected)] if reviewed else []
+        reviews = [f"{row.reviews.picked:,}", f"{row.reviews.rejected:,}"] if reviewed else []
         table.add_row(
             Text(row.name),
-            str(row.items),
-            *(str(row.states.get(state, 0)) for state in STATES),
-            str(row.credits_charged),
-            str(row.credits_refunded),
-            str(row.credits_net),
-            "" if row.budget is None else str(row.budget),
+            f"{row.items:,}",
+            *(f"{row.states.get(state, 0):,}" for state in STATES),
+            f"{row.credits_charged:,}",
+            f"{row.credits_refunded:,}",
+            f"{row.credits_net:,}",
+            "" if row.budget is None else f"{row.budget:,}",
             *reviews,
         )
     return table
@@ -135,7 +135,7 @@ def items_table(report: ItemsReport, *, fit: bool) -> Table:
             item.state,
             Text(item.model),
             Text(item.project_id or "-"),
-            str(item.credits_net),
+            f"{item.credits_net:,}",
             Text(" ".join(item.prompt.split())),
             Text(item.reason or ""),
             str(len(item.files)) if fit else " ".join(item.files) or "-",
