@@ -218,7 +218,7 @@ def test_a_signal_mid_run_stops_cleanly_and_resume_pays_nothing_twice(
     env = cli_env(MAGIC_HOUR_API_KEY=sandbox.key, BATCHER_RETRY_INSTANT="1")
     common = ["--base-url", sandbox.base_url, "--db", db, "--out", str(tmp_path / "out")]
     process = subprocess.Popen(
-        batcher_command("run", str(job), "--concurrency", "4", *common),
+        batcher_command("run", str(job), "--concurrency", "4", "--json", *common),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -229,8 +229,9 @@ def test_a_signal_mid_run_stops_cleanly_and_resume_pays_nothing_twice(
         assert time.monotonic() < deadline, "no create went out"
         time.sleep(0.01)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
+    assert json.loads(stdout)["exit_code"] == code  # --json says so too
     assert f"{signum.name}: stopping" in stderr
     assert f"batcher resume stopped --db {db}" in stderr
     assert "Traceback" not in stderr
