@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
 import subprocess
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,10 @@ def test_progress_off_a_terminal_is_a_plain_line_at_the_interval(
     lines = [line for line in done.stderr.splitlines() if "batcher.terminal.progress" in line]
     assert len(lines) >= 3, done.stderr
     assert ANSI not in done.stderr and ANSI not in done.stdout
+    # At the interval (the last line is the one at the end, whenever that is).
+    times = [datetime.fromisoformat(line.split(" ", 1)[0]) for line in lines[:-1]]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+    assert gaps and all(0.25 <= gap <= 1.5 for gap in gaps), gaps
     for line in lines:
         when, level, _logger, text = line.split(" ", 3)
         assert ISO_TIME.match(when) and level == "INFO"
