@@ -174,6 +174,7 @@ def hinted(stderr: str, *words: str) -> list[str]:
     return command[1:]
 
 
+@pytest.mark.slow
 def test_a_budget_stop_hint_resumes_with_a_new_budget(cli: Callable[..., Cli]) -> None:
     job = cli(count=4)
     job.env["MAGIC_HOUR_BASE_URL"] = job.sandbox.base_url
@@ -187,6 +188,7 @@ def test_a_budget_stop_hint_resumes_with_a_new_budget(cli: Callable[..., Cli]) -
     assert job.status()["states"]["complete"] == 4  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_a_budget_stop_after_sandbox_says_sandbox(tmp_path: Path) -> None:
     job = write_job(tmp_path, prompts(3), name="sand")
     env = cli_env(BATCHER_RETRY_INSTANT="1")
@@ -205,6 +207,7 @@ def test_a_budget_stop_after_sandbox_says_sandbox(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.slow
 def test_failure_hints_show_why_and_resume_retries(cli: Callable[..., Cli]) -> None:
     job = cli(count=3, render_error_rate=1.0)
     job.env["MAGIC_HOUR_BASE_URL"] = job.sandbox.base_url
@@ -222,6 +225,7 @@ def test_failure_hints_show_why_and_resume_retries(cli: Callable[..., Cli]) -> N
     assert job.status()["states"]["complete"] == 3  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_doubt_hints_list_them_ask_the_api_and_resend(cli: Callable[..., Cli]) -> None:
     job = cli(count=2, drop_rate=1.0)
     job.env["MAGIC_HOUR_BASE_URL"] = job.sandbox.base_url
@@ -250,6 +254,7 @@ def test_status_points_at_items_for_why(cli: Callable[..., Cli]) -> None:
     assert why.stdout.count("the render failed and was refunded") == 2
 
 
+@pytest.mark.slow
 def test_account_without_a_key_does_not_suggest_sandbox(tmp_path: Path) -> None:
     done = subprocess.run(
         batcher_command("account"),
@@ -276,6 +281,7 @@ def test_account_without_a_key_does_not_suggest_sandbox(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- items
 
 
+@pytest.mark.slow
 def test_items_json_gives_the_reason_for_refused_and_failed_items(
     cli: Callable[..., Cli],
 ) -> None:

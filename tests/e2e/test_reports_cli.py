@@ -57,6 +57,7 @@ def assert_equal_to_status(samples: dict[Any, float], status: dict[str, Any], ba
         ), kind
 
 
+@pytest.mark.slow
 def test_the_metrics_file_mid_run_and_at_the_end_equals_status_and_the_audit(
     cli: Callable[..., Cli],
 ) -> None:
@@ -116,6 +117,7 @@ def test_the_metrics_file_mid_run_and_at_the_end_equals_status_and_the_audit(
     assert not list(job.tmp.glob("batcher.prom.*")), "no temporary file left behind"
 
 
+@pytest.mark.slow
 def test_the_metrics_file_keeps_other_batches_and_a_bad_path_is_refused(
     cli: Callable[..., Cli],
 ) -> None:
