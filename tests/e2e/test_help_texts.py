@@ -98,3 +98,14 @@ def test_the_ledger_is_named_by_its_absolute_path(tmp_path: Path) -> None:
     assert "`batcher resume where --sandbox` follows their renders and fetches the images" in (
         done.stderr
     )
+
+
+def test_plan_into_a_pipe_is_plain_and_whole() -> None:
+    job = Path(__file__).parents[2] / "jobs" / "nightly-example.yaml"
+    result = CliRunner().invoke(main, ["plan", str(job)], terminal_width=40)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert not any(char in text for char in "┃│┏━┌─…")
+    assert "qwen-image-2.1" in text and "seedream-v4" in text
+    [title] = [line for line in text.splitlines() if "— batch " in line]
+    assert title.endswith(tuple("0123456789"))  # the batch name whole, on the title's line
