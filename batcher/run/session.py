@@ -247,6 +247,7 @@ async def serve_batch(
             base_url=context.base_url,
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
+            offers_sandbox=requeue,  # resume has --sandbox, worker has not
         ) as endpoint:
             warn(check_endpoint(ledger, batch, endpoint))
             if requeue:

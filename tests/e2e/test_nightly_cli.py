@@ -276,6 +276,13 @@ def test_account_without_a_key_does_not_suggest_sandbox(tmp_path: Path) -> None:
         check=False,
     )  # fmt: skip
     assert sandboxed.returncode == 0, sandboxed.stderr
+    # `worker` takes no --sandbox either.
+    joined = subprocess.run(
+        batcher_command("worker", "nokey"),
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert joined.returncode == 2 and "MAGIC_HOUR_API_KEY" in joined.stderr
+    assert "--sandbox" not in joined.stderr
 
 
 # --------------------------------------------------------------------------- items
