@@ -421,7 +421,7 @@ def _api(base_url: str | None, env: Environ) -> ApiConfig:
     from batcher.settings import ApiConfig
 
     api = ApiConfig.from_env(base_url, env)
-    require_key(api)
+    require_key(api, sandbox_hint=False)  # account and reconcile take no --sandbox
     return api
 
 

@@ -50,6 +50,23 @@ class BatcherGroup(click.Group):
     """Loads commands lazily, and maps library errors to a message on stderr and
     the documented exit code."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # -q and --debug belong to the group, but `batcher run job.yaml -q` is how
+        # people type them: moved before the command (never past a `--`).
+        return super().parse_args(ctx, hoist_global_flags(args))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Click cuts each description to one line with "..."; the whole first
+        # sentence, wrapped, says what the command is for.
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMAND_MODULES)
 
@@ -97,6 +114,20 @@ class BatcherGroup(click.Group):
             sys.exit(EXIT_FAILURE)
 
 
+GLOBAL_FLAGS = frozenset({"-q", "--quiet", "--debug"})
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """`run job.yaml -q --debug` as `-q --debug run job.yaml`: the group's flags are
+    taken from anywhere before a `--`."""
+    end = args.index("--") if "--" in args else len(args)
+    hoisted = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
+    if not hoisted:
+        return args
+    rest = [arg for arg in args[:end] if arg not in GLOBAL_FLAGS]
+    return [*hoisted, *rest, *args[end:]]
+
+
 def _debug(ctx: click.Context) -> bool:
     # Set by the group's callback, which runs inside super().invoke().
     return bool(ctx.meta.get("batcher.debug"))
@@ -123,7 +154,7 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     \b
     Exit codes: 0 all complete, 1 some items failed or in doubt or the run
     was stopped, 2 bad input or configuration, 130 interrupted (SIGINT),
-    143 terminated (SIGTERM).
+    143 terminated (SIGTERM, or SIGHUP: a closed terminal).
     """
     ctx.meta["batcher.debug"] = debug
     ctx.meta["batcher.quiet"] = quiet

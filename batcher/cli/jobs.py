@@ -15,8 +15,7 @@ catalog_option = click.option(
     "catalog_path",
     metavar="FILE",
     envvar=CATALOG_ENV,
-    show_envvar=True,
-    help="Model catalog file to use instead of the packaged one.",
+    help=f"Model catalog file [env {CATALOG_ENV}; default: the packaged one].",
 )
 job_files_argument = click.argument(
     "job_files", metavar="JOB.yaml...", nargs=-1, required=True, type=click.Path()

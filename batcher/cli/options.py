@@ -8,6 +8,7 @@ from typing import Any, ClassVar, TypeVar
 
 import click
 
+from batcher.jobfile.catalog import CATALOG_ENV
 from batcher.settings import (
     BASE_URL_ENV,
     DATABASE_URL_ENV,
@@ -68,7 +69,7 @@ catalog_option = click.option(
     "catalog_path",
     type=click.Path(path_type=Path),
     metavar="FILE",
-    help="Model catalog file [env BATCHER_CATALOG; default: the packaged one].",
+    help=f"Model catalog file [env {CATALOG_ENV}; default: the packaged one].",
 )
 base_url_option = click.option(
     "--base-url",
@@ -109,8 +110,7 @@ run_options = _stack(
         "--budget",
         type=click.IntRange(0),
         metavar="CREDITS",
-        help="Credit cap for the batch's net spend [default: `run`: the job file's "
-        "budget; otherwise the batch's current one].",
+        help="Credit cap for the batch's net spend [default: the job file's budget].",
     ),
     click.option(
         "--out",
@@ -230,4 +230,51 @@ max_items_option = click.option(
     metavar="N",
     help="Refuse a job that makes more than N items (default: the job file's max_items, "
     "else 100,000).",
+)
+
+# How a sending command reports (Nightly operations in DESIGN.md): for cron,
+# systemd and a monitoring stack.
+report_options = _stack(
+    click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print one JSON object per batch on stdout when it ends (batch, exit_code, "
+        "items, states, credits, times, out, manifest, gallery) instead of the summary.",
+    ),
+    click.option(
+        "--progress-interval",
+        type=click.FloatRange(0, min_open=True),
+        default=30.0,
+        show_default=True,
+        metavar="S",
+        help="Without a terminal, a progress line on stderr every S seconds.",
+    ),
+    click.option(
+        "--log-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Also append every log record, with all its fields, to FILE.",
+    ),
+    click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Write Prometheus metrics to FILE at the start, every 15 s and at the end, "
+        "atomically (for node_exporter's textfile collector: name it *.prom).",
+    ),
+    click.option(
+        "--notify",
+        multiple=True,
+        metavar="URL",
+        help="Send one message when the run ends to this Apprise URL (slack://, discord://, "
+        "mailto://, json://...); repeatable. Needs batcher[notify].",
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="--log-file's format: text lines, or JSON lines.",
+    ),
 )

@@ -52,7 +52,8 @@ def _retry_after(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--catalog",
     type=click.Path(dir_okay=False),
     envvar="BATCHER_CATALOG",
-    help="Model catalog to validate and price against [env: BATCHER_CATALOG; default: packaged].",
+    help="Model catalog to validate and price against "
+    "[env BATCHER_CATALOG; default: the packaged one].",
 )
 @click.option(
     "--tier",
@@ -220,7 +221,7 @@ def _retry_after(ctx: click.Context, param: click.Parameter, value: str | None) 
     metavar="SECRET",
     envvar="MAGIC_HOUR_WEBHOOK_SECRET",
     help="Key of the events' HMAC-SHA256 signatures; required with --webhook-url "
-    "[env: MAGIC_HOUR_WEBHOOK_SECRET].",
+    "[env MAGIC_HOUR_WEBHOOK_SECRET].",
 )
 @click.option("--webhook-drop-rate", type=_RATE, default=0.0, help="Share of events never sent.")
 @click.option(

@@ -468,7 +468,7 @@ class MagicHourClient:
                     "event": "api.download",
                     "where": where,
                     "bytes": written,
-                    "elapsed": round(time.perf_counter() - started, 4),
+                    "elapsed_ms": round(1000 * (time.perf_counter() - started), 1),
                 },
             )
         return written
@@ -522,7 +522,7 @@ class MagicHourClient:
                     "method": method,
                     "path": url.path,
                     "status": status,
-                    "elapsed": round(time.perf_counter() - started, 4),
+                    "elapsed_ms": round(1000 * (time.perf_counter() - started), 1),
                 },
             )
         return status, response.headers, raw, response.reason_phrase

@@ -109,7 +109,9 @@ class Catalog:
         if info is None:
             return f"unknown model {settings.model!r}"
         if tier not in info.tiers:
-            return f"model {settings.model!r} needs tier {' or '.join(sorted(info.tiers))}"
+            # In the catalog's tier order (free, creator, pro...), not alphabetical.
+            needed = [name for name in self.tiers if name in info.tiers]
+            return f"model {settings.model!r} needs tier {' or '.join(needed)}"
         resolution = settings.resolution
         if (
             tier == self.tiers[0]

@@ -41,11 +41,17 @@ URL_HINT = "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
 
 
 def display_url(url: str) -> str:
-    """The URL with any password hidden, for messages."""
+    """The URL with any password hidden, for messages; a relative SQLite path made
+    absolute (a message read from cron's mail must say which file, wherever it ran)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return url
+    database = parsed.database or ""
+    relative = database not in ("", ":memory:") and not database.startswith("file:")
+    if parsed.get_backend_name() == "sqlite" and relative and not Path(database).is_absolute():
+        parsed = parsed.set(database=str(Path(database).absolute()))
+    return parsed.render_as_string(hide_password=True)
 
 
 def connect(

@@ -252,9 +252,9 @@ def totals_line(report: AuditReport) -> str:
     t = report.totals
     per_image = "n/a" if t.credits_per_image is None else f"{t.credits_per_image:g}"
     return (
-        f"total: {t.credits_charged} charged, {t.credits_refunded} refunded, "
-        f"{t.credits_net} net; {t.images} images from {t.items} items, "
-        f"{t.failures} failures; {per_image} credits per image"
+        f"total: {t.credits_charged:,} charged, {t.credits_refunded:,} refunded, "
+        f"{t.credits_net:,} net; {t.images:,} images from {t.items:,} items, "
+        f"{t.failures:,} failures; {per_image} credits per image"
     )
 
 
@@ -262,7 +262,7 @@ def doubt_message(report: AuditReport) -> str | None:
     if not report.items_in_doubt:
         return None
     return (
-        f"{report.items_in_doubt} item(s) are in doubt (sent, answer lost): their cost is "
+        f"{report.items_in_doubt:,} item(s) are in doubt (sent, answer lost): their cost is "
         "unknown and not in these figures; `batcher reconcile` lists them"
     )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -57,6 +57,9 @@ class WorkerArgs(WhereArgs, total=False):
     create_timeout: float  # a create's overall deadline, seconds (then in doubt)
     grace: float  # seconds after the first signal before creates in flight are given up
     poll_timeout: float  # the floor of a poll's read timeout, seconds
+    # Reports for cron and monitoring:
+    metrics_file: PathLike | None  # Prometheus text, rewritten every 15 s and at the end
+    notify: Sequence[str]  # Apprise URLs told once when the run ends
 
 
 class RunArgs(WorkerArgs, total=False):
@@ -82,8 +85,13 @@ def split(
     if unknown:
         raise TypeError(f"{call}() got unexpected keyword argument(s): {', '.join(unknown)}")
     send = {key: value for key, value in settings.items() if key not in _WHERE}
-    if send.get("out") is not None:
-        send["out"] = Path(send["out"])
+    for name in ("out", "metrics_file"):
+        if send.get(name) is not None:
+            send[name] = Path(send[name])
+    if isinstance(send.get("notify"), str):
+        send["notify"] = (send["notify"],)
+    elif "notify" in send:
+        send["notify"] = tuple(send["notify"])
     names = {field.name for field in dataclasses.fields(SendSettings)}
     assert set(send) <= names, set(send) - names  # the dicts above follow SendSettings
     context = Context.resolve(

@@ -30,13 +30,15 @@ def open_endpoint(
     base_url: str | None,
     environ: Mapping[str, str] | None,
     on_sandbox: Callable[[str], None] | None = None,
+    offers_sandbox: bool = True,
 ) -> Iterator[Endpoint]:
     """The API to talk to. With `sandbox`, an emulator on a free loopback port for
     the duration of the block (no key needed, nothing charged); otherwise the base
-    URL (flag over environment over default) and the key, which must be set."""
+    URL (flag over environment over default) and the key, which must be set (the
+    message suggests --sandbox only where the command has it: `offers_sandbox`)."""
     if not sandbox:
         api = ApiConfig.from_env(base_url, environ)
-        require_key(api)
+        require_key(api, sandbox_hint=offers_sandbox)
         yield Endpoint(api, api.base_url)
         return
     # Imported here: the emulator pulls in uvicorn, needed only with --sandbox.

@@ -64,6 +64,7 @@ from batcher.errors import (
     TransportError,
 )
 from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
+from batcher.run import log_context
 from batcher.run.files import download_name, image_stem
 from batcher.run.manifest_line import ImageFile, ManifestLine
 from batcher.run.outage import Outage
@@ -264,7 +265,8 @@ class Follower:
             return
         age = time.monotonic() - render.created_at
         try:
-            status = await self._get(render.project_id)
+            with log_context.about(key=render.item.key, project_id=render.project_id):
+                status = await self._get(render.project_id)
         except _GivenUp:
             # The API has been down too long: `resume` looks at it later.
             self._first_look_seen(render)

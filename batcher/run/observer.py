@@ -7,6 +7,7 @@ none. Every method does nothing unless overridden.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,14 @@ class RunProgress:
     @property
     def counters(self) -> RunCounters:
         return self.run.counters
+
+
+def to_settle(states: Mapping[str, int], *, wait: bool) -> int:
+    """The items a run starting on these ledger counts is expected to settle: those
+    to send and, when it waits, those to follow. Items in doubt or failed before
+    it began stay as they are (unless requeued, which made them pending), so a
+    progress bar over this total reaches 100%."""
+    return states.get("pending", 0) + (states.get("submitted", 0) if wait else 0)
 
 
 class RunObserver:

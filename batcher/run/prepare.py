@@ -68,11 +68,13 @@ def load_jobs(
     return jobs
 
 
-def require_key(api: ApiConfig) -> None:
+def require_key(api: ApiConfig, *, sandbox_hint: bool = True) -> None:
+    """ConfigError without a key; `sandbox_hint` for the commands that take --sandbox."""
     if not api.api_key:
+        sandbox = ", or add --sandbox to try batcher against the local emulator"
         raise ConfigError(
-            f"no API key: set {API_KEY_ENV} (export {API_KEY_ENV}=...), "
-            "or add --sandbox to try batcher against the local emulator"
+            f"no API key: set {API_KEY_ENV} (export {API_KEY_ENV}=...)"
+            + (sandbox if sandbox_hint else "")
         )
 
 

@@ -51,6 +51,7 @@ from batcher.ledger import (
     ItemRecord,
     SendFailed,
 )
+from batcher.run import log_context
 from batcher.run.breaker import DoubtBreaker
 from batcher.run.follower import Follower
 from batcher.run.outage import Outage
@@ -147,7 +148,10 @@ class Sender:
         created nothing."""
         body = create_body(item.prompt, item.settings, item.project_name)
         try:
-            await retry.create(lambda: self._try(item, body), paced=True, about={"key": item.key})
+            with log_context.about(key=item.key):
+                await retry.create(
+                    lambda: self._try(item, body), paced=True, about={"key": item.key}
+                )
         except AuthError:
             raise
         except (ApiError, TransportError) as exc:

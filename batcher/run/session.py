@@ -42,7 +42,8 @@ from batcher.run import prepare
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
-from batcher.run.observer import RunObserver, RunProgress
+from batcher.run.observer import RunObserver, RunProgress, to_settle
+from batcher.run.reporting import check_reports, reporting
 from batcher.run.rerun import (
     REJECT,
     RerunPlan,
@@ -100,6 +101,9 @@ class SendSettings:
     create_timeout: float = DEFAULT_CREATE_TIMEOUT
     grace: float = DEFAULT_GRACE
     poll_timeout: float = DEFAULT_POLL_TIMEOUT
+    # Reports for cron and monitoring (batcher.run.reporting).
+    metrics_file: Path | None = None
+    notify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("outage_tolerance", "stall_timeout", "create_timeout", "poll_timeout"):
@@ -209,6 +213,7 @@ async def run_jobs(
     that was interrupted by a signal."""
     if not jobs:
         raise ConfigError("no job file given")
+    check_reports(settings.metrics_file, settings.notify)
     catalog = context.catalog()
     specs = prepare.load_jobs(jobs, catalog, batch_name=batch_name, max_items=max_items)
     observer = context.observer
@@ -260,6 +265,7 @@ async def serve_batch(
 ) -> RunSummary:
     """`batcher resume` (`requeue`: retry what is retryable first) or `batcher worker`
     (join the batch as it is). The ledger must exist."""
+    check_reports(settings.metrics_file, settings.notify)
     catalog = context.catalog()
     observer = context.observer
     warn = _Warnings(observer)
@@ -271,6 +277,7 @@ async def serve_batch(
             base_url=context.base_url,
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
+            offers_sandbox=requeue,  # resume has --sandbox, worker has not
         ) as endpoint:
             warn(check_endpoint(ledger, batch, endpoint))
             if requeue:
@@ -316,7 +323,8 @@ async def drive(
     batch = prepare.set_shared_limits(
         ledger, batch, rate=settings.batch_rate, concurrency=settings.batch_concurrency
     )
-    observer = context.observer
+    reports = reporting(context.observer, settings.metrics_file, settings.notify)
+    observer = reports or context.observer
     signals = SignalsSeen()
     started_at = utcnow()
     async with MagicHourClient(
@@ -330,7 +338,7 @@ async def drive(
             warn(report.warning)
         run = prepare.new_run(ledger, client, batch, options)
         counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
-        todo = sum(n for state, n in counts.items() if state != "complete")
+        todo = to_settle(counts, wait=options.wait)
         progress = RunProgress(batch.name, todo, options.wait, run)
         result = await _run_beside(progress, observer, signals, context.handle_signals)
     gallery = await refresh_gallery(ledger, batch, settings, result, warn)
@@ -350,6 +358,8 @@ async def drive(
         )
     )
     observer.finished(summary)
+    if reports is not None:
+        await reports.ended(summary)
     return summary
 
 

@@ -1,8 +1,9 @@
-"""SIGINT and SIGTERM during a run: the first stops it cleanly, the second aborts.
+"""SIGINT, SIGTERM and SIGHUP during a run: the first stops it cleanly, the second aborts.
 
 First signal: send nothing more, let the creates already on the wire answer and
 record them, then end (exit 130 for SIGINT, 143 for SIGTERM, as cron and
-systemd expect). Second, or the first's grace running out (`--grace`,
+systemd expect; SIGHUP, a closed terminal or a dropped ssh session, is taken
+as SIGTERM: 143). Second, or the first's grace running out (`--grace`,
 batcher.run.grace): give up on those creates too; they are recorded as in
 doubt. Either way the ledger is consistent and `resume` picks up.
 """
@@ -22,8 +23,12 @@ from batcher.run.batch_run import BatchRun
 from batcher.run.grace import abort_after
 from batcher.run.observer import RunObserver
 
-STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
-EXIT_CODES: Final = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_CODES: Final = {
+    signal.SIGINT: EXIT_INTERRUPTED,
+    signal.SIGTERM: EXIT_TERMINATED,
+    signal.SIGHUP: EXIT_TERMINATED,
+}
 
 
 @dataclass
@@ -47,8 +52,8 @@ def _in_flight(run: BatchRun) -> Callable[[], int]:
 
 
 async def stop_on_signals(run: BatchRun, observer: RunObserver, seen: SignalsSeen) -> None:
-    """Until cancelled: the first SIGINT/SIGTERM interrupts `run` and starts its
-    grace period; the next, or the grace's end, aborts it.
+    """Until cancelled: the first SIGINT/SIGTERM/SIGHUP interrupts `run` and starts
+    its grace period; the next, or the grace's end, aborts it.
 
     The handlers that were there before come back afterwards: the event loop
     would otherwise leave the defaults (SIGTERM: die on the spot) behind it.

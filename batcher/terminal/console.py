@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.text import Text
+
+from batcher.errors import ConfigError
+from batcher.terminal.log_format import CompactFormatter, JsonFormatter, TextFormatter
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -46,20 +52,48 @@ def result(text: str) -> None:
 
 
 def configure_logging(*, debug: bool, quiet: bool) -> None:
+    """Log records on stderr: compact beside Rich's time and level on a terminal,
+    ISO 8601 time, level, logger and every context field elsewhere (cron)."""
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler: logging.Handler
     if stderr.is_terminal:
-        handler = RichHandler(console=stderr, show_path=debug, rich_tracebacks=debug)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = RichHandler(
+            console=stderr,
+            show_path=debug,
+            rich_tracebacks=debug,
+            omit_repeated_times=False,
+            log_time_format=_iso_seconds,
+        )
+        handler.setFormatter(CompactFormatter())
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("batcher")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # --quiet drops the progress bar, not the news: a run still reports its
-    # progress as a plain line every few seconds.
-    logging.getLogger("batcher.terminal.progress").setLevel(
-        logging.DEBUG if debug else logging.INFO
-    )
+    # -q means only warnings, errors and results: no progress lines either
+    # (a --log-file still gets them).
+    logging.getLogger("batcher.terminal.progress").setLevel(logging.NOTSET)
+
+
+def add_log_file(path: Path, *, json_lines: bool) -> None:
+    """Also append every record (at the level stderr shows, INFO at least) to `path`,
+    whole: text lines, or JSON lines with `json_lines`."""
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--log-file {path}: cannot write it ({exc.strerror or exc})") from None
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    root = logging.getLogger("batcher")
+    root.addHandler(handler)
+    if root.level > logging.INFO:
+        # -q quiets the terminal, not the file: stderr's handler keeps WARNING.
+        for other in root.handlers:
+            if other is not handler and other.level == logging.NOTSET:
+                other.setLevel(root.level)
+        root.setLevel(logging.INFO)
+
+
+def _iso_seconds(moment: datetime) -> Text:
+    return Text(moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))

@@ -61,8 +61,8 @@ def _cell(value: int | float | None) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
+        return f"{value:,.2f}"
+    return f"{value:,}"
 
 
 def _group_cell(key: str, value: GroupValue) -> Text:
@@ -132,7 +132,7 @@ def print_reconcile(report: ReconcileReport, *, as_json: bool) -> None:
         f"{len(report.batches)} batch(es), {report.projects_polled} project(s) polled"
         + (f": {statuses}" if statuses else "")
     )
-    output.result(f"refunds found: {len(report.refunds)} ({report.credits_refunded} credits)")
+    output.result(f"refunds found: {len(report.refunds)} ({report.credits_refunded:,} credits)")
     if report.refunds:
         table = Table(title="refunds recorded", title_justify="left")
         for column in ("batch", "key", "project", "status"):
@@ -144,7 +144,7 @@ def print_reconcile(report: ReconcileReport, *, as_json: bool) -> None:
                 refund.item_key,
                 Text(refund.project_id),
                 Text(refund.status),
-                str(refund.credits),
+                f"{refund.credits:,}",
             )
         print_table(table)
     output.result(f"projects not found (404): {len(report.not_found)}")
@@ -195,7 +195,7 @@ def print_account(account: Account, *, as_json: bool) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("credits", str(account.credits))
+    table.add_row("credits", f"{account.credits:,}")
     table.add_row("tier", Text(account.tier))
     table.add_row("email", Text(account.email or "-"))
     table.add_row("account", Text(account.account_id or "-"))

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from rich.table import Table
+from rich.text import Text
+
 from batcher.errors import JobFileError, Problem
 from batcher.jobfile.results import PlanReport, Validation
 from batcher.terminal import console as output
 from batcher.terminal.plan_view import render_plans
+from batcher.terminal.tables import print_table
 
 
 def print_validation(report: Validation) -> None:
@@ -57,5 +61,12 @@ def print_plan(report: PlanReport, *, as_json: bool) -> None:
         output.warning(str(warning))
     if as_json:
         output.result(json.dumps(report.document(), indent=2, ensure_ascii=False))
-    else:
+    elif output.stdout.is_terminal:
         output.stdout.print(render_plans(report.jobs))
+    else:
+        # Into a pipe or a file: plain columns and whole lines, nothing cut short.
+        for part in render_plans(report.jobs).renderables:
+            if isinstance(part, Table):
+                print_table(part)
+            else:
+                output.result(part.plain if isinstance(part, Text) else str(part))

@@ -3,12 +3,15 @@ warnings on stderr."""
 
 from __future__ import annotations
 
+import shlex
+
 from rich.table import Table
 from rich.text import Text
 
-from batcher.ledger import STATES
+from batcher.ledger import STATES, display_url
 from batcher.reports.items import ItemsReport
 from batcher.reports.status import StatusReport
+from batcher.settings import DEFAULT_DATABASE_URL
 from batcher.terminal import console as output
 from batcher.terminal.tables import print_table
 
@@ -28,12 +31,31 @@ def print_status(report: StatusReport, db: str) -> None:
     print_table(status_table(report))
     if report.workers:
         print_table(workers_table(report))
+    for hint in status_hints(report, db):
+        output.note(hint)
     for row in report.batches:
         if row.stale_leases:
             output.warning(
                 f"{row.name}: {row.stale_leases} item(s) are held under expired leases "
                 "(their worker stopped); any worker or `resume` picks them up"
             )
+
+
+def status_hints(report: StatusReport, db: str) -> list[str]:
+    """Status shows counts; `items` shows why: one hint per batch with failures or
+    items in doubt, with the command."""
+    default = display_url(db) == display_url(DEFAULT_DATABASE_URL)
+    where = "" if default else f" --db {shlex.quote(db)}"
+    hints = []
+    for row in report.batches:
+        for state, what in (("failed", "failed"), ("unconfirmed", "in doubt")):
+            count = row.states.get(state, 0)
+            if count:
+                hints.append(
+                    f"{row.name}: {count:,} item(s) {what}; "
+                    f"`batcher items {shlex.quote(row.name)} --state {state}{where}` shows why"
+                )
+    return hints
 
 
 def status_table(report: StatusReport) -> Table:
@@ -50,15 +72,15 @@ def status_table(report: StatusReport) -> Table:
         table.add_column("picked", justify="right")
         table.add_column("rejected", justify="right")
     for row in report.batches:
-        reviews = [str(row.reviews.picked), str(row.reviews.rejected)] if reviewed else []
+        reviews = [f"{row.reviews.picked:,}", f"{row.reviews.rejected:,}"] if reviewed else []
         table.add_row(
             Text(row.name),
-            str(row.items),
-            *(str(row.states.get(state, 0)) for state in STATES),
-            str(row.credits_charged),
-            str(row.credits_refunded),
-            str(row.credits_net),
-            "" if row.budget is None else str(row.budget),
+            f"{row.items:,}",
+            *(f"{row.states.get(state, 0):,}" for state in STATES),
+            f"{row.credits_charged:,}",
+            f"{row.credits_refunded:,}",
+            f"{row.credits_net:,}",
+            "" if row.budget is None else f"{row.budget:,}",
             *reviews,
         )
     return table
@@ -113,7 +135,7 @@ def items_table(report: ItemsReport, *, fit: bool) -> Table:
             item.state,
             Text(item.model),
             Text(item.project_id or "-"),
-            str(item.credits_net),
+            f"{item.credits_net:,}",
             Text(" ".join(item.prompt.split())),
             Text(item.reason or ""),
             str(len(item.files)) if fit else " ".join(item.files) or "-",

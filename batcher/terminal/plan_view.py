@@ -91,7 +91,7 @@ def entries_lines(plan: Plan) -> list[Text]:
     return lines
 
 
-def render_plans(plans: Sequence[Plan]) -> RenderableType:
+def render_plans(plans: Sequence[Plan]) -> Group:
     """Every job's table and budget line, a grand total when there are several jobs,
     and the lower-bound note when any estimate is one."""
     parts: list[RenderableType] = []

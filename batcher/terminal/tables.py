@@ -11,6 +11,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from batcher.terminal import console as output
 
@@ -25,6 +26,8 @@ def print_table(table: Table, *, console: Console | None = None) -> None:
         target.print(table)
         return
     plain_table(table)
+    # The title on its own line: Rich would fold one wider than the columns.
+    title, table.title = table.title, None
     natural = Measurement.get(target, target.options.update_width(UNBOUNDED_WIDTH), table).maximum
     # Console.print clamps `width` to the console's own: a one-off console on the
     # same stream prints the table at its natural width instead.
@@ -40,6 +43,8 @@ def print_table(table: Table, *, console: Console | None = None) -> None:
         plain.print(table)
     # Cells are padded to their column's width: no line needs the spaces at its end.
     lines = [line.rstrip() for line in captured.get().splitlines()]
+    if title:
+        lines.insert(0, title.plain if isinstance(title, Text) else str(title))
     target.file.write("".join(f"{line}\n" for line in lines))
     target.file.flush()
 

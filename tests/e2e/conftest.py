@@ -57,3 +57,15 @@ def external_sandbox() -> Iterator[Any]:
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.fixture
+def cli(tmp_path: Path, make_sandbox: Any) -> Any:
+    """`cli(name=..., count=..., **sandbox)`: a job of `count` prompts against a new
+    sandbox, driven through the real CLI (tests/e2e/nightly_support.py)."""
+    from nightly_support import Cli
+
+    def make(name: str = "nightly", count: int = 6, **sandbox: object) -> Cli:
+        return Cli(tmp_path, make_sandbox(**sandbox), name, count)
+
+    return make

@@ -52,11 +52,13 @@ def batcher(
     )
 
 
-def on_a_terminal(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
-    """Run batcher with stdin, stdout and stderr on a pseudo-terminal 100 columns wide;
+def on_a_terminal(
+    *args: str, cwd: Path, env: dict[str, str], columns: int = 100
+) -> tuple[int, str]:
+    """Run batcher with stdin, stdout and stderr on a pseudo-terminal `columns` wide;
     its exit code and everything it wrote there."""
     controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     process = subprocess.Popen(
         batcher_command(*args),
         cwd=cwd,
@@ -136,7 +138,7 @@ def test_progress_is_live_on_a_terminal(tmp_path: Path, make_sandbox: MakeSandbo
     assert ANSI in screen  # colours and cursor moves: a live display
     assert "━" in screen  # the progress bar
     assert "0/6" in screen  # items done out of the run's
-    assert "6 complete" in screen  # its last refresh
+    assert "6 done" in screen  # its last refresh
     assert "batch live" in screen  # then the summary
     assert "Traceback" not in screen
 
@@ -151,8 +153,8 @@ def test_progress_off_a_terminal_has_no_escape_codes(
     assert done.returncode == 0, done.stderr
     assert ANSI not in done.stderr and ANSI not in done.stdout
     assert "━" not in done.stderr
-    assert "batch plain" in done.stderr  # the summary is still there
-    assert "complete" in done.stderr
+    assert "batch plain" in done.stdout  # the summary is a result: stdout
+    assert "complete" in done.stdout
 
 
 # --------------------------------------------------------------------------- exit codes
@@ -204,7 +206,9 @@ def test_exit_2_for_a_bad_job_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 143)]
+)
 def test_a_signal_mid_run_stops_cleanly_and_resume_pays_nothing_twice(
     tmp_path: Path, make_sandbox: MakeSandbox, signum: signal.Signals, code: int
 ) -> None:
@@ -214,7 +218,7 @@ def test_a_signal_mid_run_stops_cleanly_and_resume_pays_nothing_twice(
     env = cli_env(MAGIC_HOUR_API_KEY=sandbox.key, BATCHER_RETRY_INSTANT="1")
     common = ["--base-url", sandbox.base_url, "--db", db, "--out", str(tmp_path / "out")]
     process = subprocess.Popen(
-        batcher_command("run", str(job), "--concurrency", "4", *common),
+        batcher_command("run", str(job), "--concurrency", "4", "--json", *common),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -225,8 +229,9 @@ def test_a_signal_mid_run_stops_cleanly_and_resume_pays_nothing_twice(
         assert time.monotonic() < deadline, "no create went out"
         time.sleep(0.01)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
+    assert json.loads(stdout)["exit_code"] == code  # --json says so too
     assert f"{signum.name}: stopping" in stderr
     assert f"batcher resume stopped --db {db}" in stderr
     assert "Traceback" not in stderr

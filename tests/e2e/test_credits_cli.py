@@ -401,7 +401,7 @@ def test_account_shows_balance_and_tier(make_sandbox: MakeSandbox) -> None:
 
     text = cli("account", "--base-url", sandbox.base_url, env={"MAGIC_HOUR_API_KEY": SECRET})
     assert text.exit_code == 0, text.output
-    assert "4321" in text.stdout and "pro" in text.stdout
+    assert "4,321" in text.stdout and "pro" in text.stdout  # numbers as everywhere: 1,535
     for result in (as_json, text):
         assert SECRET not in result.stdout + result.stderr
 

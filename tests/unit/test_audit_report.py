@@ -189,7 +189,7 @@ def test_csv_of_nothing_is_just_the_header() -> None:
 
 def test_totals_line_for_stderr() -> None:
     line = audit.totals_line(report(ROWS, KEYS))
-    assert "12660 charged" in line and "660 refunded" in line and "12000 net" in line
+    assert "12,660 charged" in line and "660 refunded" in line and "12,000 net" in line
 
 
 # --------------------------------------------------------------------------- table
@@ -204,7 +204,7 @@ def render(table: object) -> str:
 def test_table_has_totals_and_the_items_in_doubt() -> None:
     text = render(audit_table(report(ROWS, KEYS, in_doubt=2)))
     assert "day (UTC)" in text
-    assert "total" in text and "12660" in text and "12000" in text
+    assert "total" in text and "12,660" in text and "12,000" in text
     assert "2 item(s) are in doubt" in text
 
 

@@ -106,12 +106,28 @@ def test_after_a_budget_stop_resume_needs_a_new_budget() -> None:
     assert "Continue with: batcher resume nightly --budget N" in hint
 
 
-def test_failures_point_at_items_and_doubts_at_reconcile() -> None:
+def test_failures_point_at_items_and_doubts_at_items_and_reconcile() -> None:
     hints = next_steps(summary(result(complete=1, failed=2, unconfirmed=1)))
     assert len(hints) == 2
-    assert "`batcher reconcile nightly` lists them" in hints[0]
+    assert "`batcher items nightly --state unconfirmed` lists them" in hints[0]
+    assert "`batcher reconcile nightly` asks the API about them" in hints[0]
     assert "`batcher resume nightly --resend-unconfirmed` sends them again" in hints[0]
     assert "`batcher items nightly --state failed` shows why" in hints[1]
+
+
+def test_hints_after_a_sandbox_run_name_sandbox_and_skip_reconcile() -> None:
+    hints = next_steps(summary(result(failed=1, unconfirmed=1)), sandbox=True)
+    assert "reconcile" not in hints[0]
+    assert "`batcher resume nightly --sandbox --resend-unconfirmed`" in hints[0]
+    assert "`batcher resume nightly --sandbox` retries" in hints[1]
+
+
+def test_after_no_wait_resume_fetches_the_images() -> None:
+    [hint] = next_steps(summary(result(waited=False, submitted=3)))
+    assert hint == (
+        "3 item(s) submitted without waiting (--no-wait): "
+        "`batcher resume nightly` follows their renders and fetches the images"
+    )
 
 
 def test_hints_name_a_ledger_that_is_not_the_default() -> None:
@@ -179,6 +195,7 @@ def test_progress_off_a_terminal_is_a_plain_line_at_each_interval(
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) >= 3, "a line at every interval"
     assert all(
-        line.startswith("nightly: 3/4 · 2 complete · 1 failed · 0 in doubt") for line in lines
+        line.startswith("nightly: 3/4 (75%) · 2 complete · 1 failed · 0 in doubt") for line in lines
     )
+    assert all("items/s · ETA " in line for line in lines)
     assert all("15 credits" in line and "\x1b" not in line for line in lines)
