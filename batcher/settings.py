@@ -18,6 +18,12 @@ DEFAULT_RENDER_RETRIES = 1
 # real render (a 4k PNG is tens of MB), low enough that a body that never ends
 # cannot fill the disk. A download is streamed and stopped at the cap.
 DEFAULT_MAX_IMAGE_BYTES = 100_000_000
+# The most one API answer (create, poll, account) may weigh (`--max-body-bytes`):
+# real answers are a few hundred bytes; a body that never ends is cut here.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# How long a render may take before it is reported and left `submitted` for
+# `resume` or `reconcile` to look at again (`--render-timeout`, seconds).
+DEFAULT_RENDER_TIMEOUT = 1800.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from typing import Any, Final
 from batcher.errors import ConfigError
 from batcher.ledger import (
     FAILURE_DOWNLOAD,
+    FAILURE_LOST,
     FAILURE_REFUSED,
     FAILURE_RENDER,
     FAILURE_TRANSIENT,
@@ -121,6 +122,11 @@ def explain(item: ItemRecord) -> tuple[str | None, str | None]:
             return f"the render failed and was refunded{said}", RESUME
         if item.failure == FAILURE_DOWNLOAD:
             return f"rendered, but the images could not be saved{said}", RESUME
+        if item.failure == FAILURE_LOST:
+            return (
+                f"the project was not found or was canceled, paid and not refunded{said}",
+                RESUME_RETRY_FAILED,
+            )
         return f"failed{said}", RESUME_RETRY_FAILED
     if item.state == "unconfirmed":
         return (

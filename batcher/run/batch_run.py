@@ -42,6 +42,7 @@ from batcher.run.state import (
     RunState,
     in_thread,
 )
+from batcher.settings import DEFAULT_RENDER_TIMEOUT
 
 __all__ = [
     "STOP_AUTH",
@@ -73,6 +74,7 @@ class RunOptions:
     metadata: bool = True  # False: images stay byte for byte as downloaded (--no-metadata)
     out_dir: Path | None = None
     render_retries: int = 1
+    render_timeout: float = DEFAULT_RENDER_TIMEOUT  # then left `submitted`, reported
     claim_page: int = 0  # 0: four times the concurrency, at most feeder.CLAIM_PAGE_MAX
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
@@ -91,6 +93,7 @@ class RunResult:
     out_dir: Path | None
     unsent: int  # pending items left when sending stopped
     waited: bool  # renders were followed (not --no-wait)
+    notices: tuple[str, ...] = ()  # odd answers met (batcher.run.notices), for the summary
 
     @property
     def succeeded(self) -> bool:
@@ -130,6 +133,7 @@ class BatchRun:
             concurrency=options.concurrency,
             wait=options.wait,
             render_retries=options.render_retries,
+            render_timeout=options.render_timeout,
             out_dir=self.out_dir,
             batch_name=batch.name,
             metadata=options.metadata,
@@ -235,4 +239,5 @@ class BatchRun:
             out_dir=self.out_dir,
             unsent=states.get("pending", 0) if state.stopped else 0,
             waited=self.options.wait,
+            notices=state.notices.lines(),
         )

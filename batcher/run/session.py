@@ -51,11 +51,14 @@ from batcher.run.rerun import (
     new_items,
     plan_rerun,
 )
+from batcher.run.setting_checks import check_limits
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_RENDER_RETRIES,
+    DEFAULT_RENDER_TIMEOUT,
     database_url,
 )
 
@@ -76,6 +79,8 @@ class SendSettings:
     download: bool = True
     metadata: bool = True  # provenance chunks in PNGs (False: --no-metadata)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # each API answer (--max-body-bytes)
+    render_timeout: float = DEFAULT_RENDER_TIMEOUT  # seconds a render is followed
     gallery: bool = True  # refresh out/<batch>/index.html at the end (False: --no-gallery)
     render_retries: int = DEFAULT_RENDER_RETRIES
     batch_concurrency: int | None = None
@@ -99,6 +104,7 @@ class SendSettings:
             raise ConfigError(
                 f"max_image_bytes must be at least 1 byte, not {self.max_image_bytes}"
             )
+        check_limits(self)
 
     def run_options(self, *, joining: bool) -> RunOptions:
         return RunOptions(
@@ -112,6 +118,7 @@ class SendSettings:
             metadata=self.metadata,
             out_dir=self.out,
             render_retries=self.render_retries,
+            render_timeout=self.render_timeout,
         )
 
 
@@ -290,7 +297,10 @@ async def drive(
     signals = SignalsSeen()
     started_at = utcnow()
     async with MagicHourClient(
-        endpoint.api, concurrency=options.concurrency, max_download_bytes=settings.max_image_bytes
+        endpoint.api,
+        concurrency=options.concurrency,
+        max_download_bytes=settings.max_image_bytes,
+        max_body_bytes=settings.max_body_bytes,
     ) as client:
         if settings.preflight:
             report = await prepare.preflight(client, ledger, batch, catalog)
@@ -300,6 +310,8 @@ async def drive(
         todo = sum(n for state, n in counts.items() if state != "complete")
         progress = RunProgress(batch.name, todo, options.wait, run)
         result = await _run_beside(progress, observer, signals, context.handle_signals)
+    for notice in result.notices:
+        warn(notice)
     gallery = await refresh_gallery(ledger, batch, settings, result, warn)
     finished_at = utcnow()
     summary = await anyio.to_thread.run_sync(

@@ -14,6 +14,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from batcher.scrubber import scrub
+from batcher.terminal.safe_text import printable
+
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
@@ -21,18 +24,21 @@ stderr = Console(stderr=True, soft_wrap=True)
 def error(message: str) -> None:
     # Messages quote user text (prompts, paths): never markup, never :emoji: codes.
     stderr.print(
-        f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, emoji=False
+        f"[bold red]error:[/] {escape(_safe(message))}", markup=True, highlight=False, emoji=False
     )
 
 
 def warning(message: str) -> None:
     stderr.print(
-        f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, emoji=False
+        f"[yellow]warning:[/] {escape(_safe(message))}",
+        markup=True,
+        highlight=False,
+        emoji=False,
     )
 
 
 def note(message: str) -> None:
-    stderr.print(message, markup=False, highlight=False, emoji=False)
+    stderr.print(_safe(message), markup=False, highlight=False, emoji=False)
 
 
 def traceback() -> None:
@@ -42,7 +48,13 @@ def traceback() -> None:
 
 def result(text: str) -> None:
     """A line of the command's result on stdout, printed as is."""
-    stdout.print(text, markup=False, highlight=False, emoji=False)
+    stdout.print(_safe(text), markup=False, highlight=False, emoji=False)
+
+
+def _safe(text: str) -> str:
+    # Messages quote text from outside: no escape sequence reaches the terminal,
+    # and no piece of the API key (batcher.scrubber, a backstop).
+    return scrub(printable(text))
 
 
 def configure_logging(*, debug: bool, quiet: bool) -> None:

@@ -139,6 +139,22 @@ def build_ledger(ledger: Ledger, clock: Clock) -> None:
             # Reconcile's way.
             clock.now = event.at
             assert ledger.record_refund(batch_id, item_id, event.project, event.credits)
+    # Every render not refunded saved all its images: `images` counts images saved.
+    refunded = {e.project for e in EVENTS if e.kind == "refund"}
+    for event in EVENTS:
+        if event.kind == "charge" and event.project not in refunded:
+            saved = tuple(f"{event.item.key}-{n}.png" for n in range(event.item.image_count))
+            ledger.apply(
+                [
+                    RenderFinished(
+                        items[event.item.key],
+                        batches[event.item.batch],
+                        event.project,
+                        "complete",
+                        files=saved,
+                    )
+                ]
+            )
     for when, spec in DOUBTS:
         send(spec, when)
         ledger.apply(
