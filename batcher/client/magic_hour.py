@@ -94,6 +94,8 @@ from batcher.errors import (
 )
 from batcher.scrubber import Scrubber, register
 from batcher.settings import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -247,19 +249,9 @@ class MagicHourClient:
             raise ConfigError(f"max_download_bytes must be at least 1, not {max_download_bytes}")
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be at least 1, not {max_body_bytes}")
+        check_api_config(config)
         base = config.base_url.rstrip("/")
-        try:
-            base_url = httpx.URL(base)
-        except httpx.InvalidURL as exc:
-            raise ConfigError(f"API base URL {base!r} is not a valid URL: {exc}") from None
-        if base_url.scheme not in ("http", "https") or not base_url.host:
-            raise ConfigError(
-                f"API base URL {base!r} must start with http:// or https:// and name a host"
-            )
         key = config.api_key
-        if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
-            # h11 would refuse the header and quote it in its error message.
-            raise ConfigError("the API key holds characters that cannot go in an HTTP header")
 
         self._base = base
         self._concurrency = concurrency
@@ -596,6 +588,29 @@ class MagicHourClient:
         if not project_id.isprintable() or self._scrub(project_id) != project_id:
             return None
         return project_id
+
+
+def check_api_config(config: ApiConfig) -> None:
+    """ConfigError (exit 2) for a base URL or key no request could be made with;
+    checked before anything is written, so a bad endpoint is never stored."""
+    base = config.base_url.rstrip("/")
+    try:
+        base_url = httpx.URL(base)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(
+            f"API base URL {base!r} (--base-url or {BASE_URL_ENV}) is not a valid URL: {exc}"
+        ) from None
+    if base_url.scheme not in ("http", "https") or not base_url.host:
+        raise ConfigError(
+            f"API base URL {base!r} (--base-url or {BASE_URL_ENV}) must start with "
+            "http:// or https:// and name a host"
+        )
+    key = config.api_key
+    if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
+        # h11 would refuse the header and quote it in its error message.
+        raise ConfigError(
+            f"the API key in {API_KEY_ENV} holds characters that cannot go in an HTTP header"
+        )
 
 
 # httpx raises these (and only these) from a request; InvalidURL and

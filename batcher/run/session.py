@@ -38,6 +38,7 @@ from batcher.ledger.models import utcnow
 from batcher.reports.gallery import PAGE_NAME, gallery_folder, write_gallery
 from batcher.reports.run_summary import RunStats, RunSummary, exit_code
 from batcher.run import prepare
+from batcher.run.api_check import check_api_first
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
@@ -200,6 +201,8 @@ async def run_jobs(
         # input, refused with nothing sent and nothing written.
         for spec in specs:
             prepare_folder(batch_folder(settings.out, spec.name))
+        if settings.preflight:
+            await check_api_first(endpoint.api)  # a bad key or URL: nothing written
         with await _open_ledger(context.db_url, create=True) as ledger:
             for spec in specs:
                 warn = _Warnings(observer)
@@ -249,6 +252,8 @@ async def serve_batch(
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
         ) as endpoint:
+            if settings.preflight:
+                await check_api_first(endpoint.api)  # before the endpoint is recorded
             warn(check_endpoint(ledger, batch, endpoint))
             if requeue:
                 prepared = await anyio.to_thread.run_sync(
@@ -481,6 +486,8 @@ async def rerun_batch(
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
         ) as endpoint:
+            if settings.preflight:
+                await check_api_first(endpoint.api)  # before the endpoint is recorded
             warn(check_endpoint(ledger, batch, endpoint))
             if confirm is not None and not await anyio.to_thread.run_sync(confirm, plan):
                 return RerunResult(plan, declined=True)
