@@ -14,6 +14,7 @@ backstop, so that a text that did not pass through the client is clean too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Final
 
@@ -24,6 +25,9 @@ REDACTED: Final = "[redacted]"
 MIN_PIECE: Final = 8
 # Secrets shorter than this are test placeholders; scrubbing them would mangle text.
 MIN_SECRET_CHARS: Final = 6
+# The sandbox's fixed key (batcher.sandbox.config.SANDBOX_KEY) is public, not a
+# secret; scrubbing its pieces would mangle every "sandbox-..." name printed.
+PUBLIC_KEYS: Final = frozenset({"sandbox-key"})
 
 
 class Scrubber:
@@ -36,7 +40,7 @@ class Scrubber:
             self.add(secret)
 
     def add(self, secret: str | None) -> None:
-        if secret is None or len(secret) < MIN_SECRET_CHARS:
+        if secret is None or len(secret) < MIN_SECRET_CHARS or secret in PUBLIC_KEYS:
             return
         folded = secret.casefold()
         if len(folded) < MIN_PIECE:
@@ -99,3 +103,23 @@ def scrub(text: str) -> str:
 
 def scrub_optional(text: str | None) -> str | None:
     return None if text is None else _PROCESS.scrub(text)
+
+
+class ScrubbingFilter(logging.Filter):
+    """A logging filter that scrubs every record's message and string fields:
+    log lines quote API messages too. Attach it to each handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _PROCESS:
+            message = record.getMessage()
+            clean = _PROCESS.scrub(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+            for name, value in list(vars(record).items()):
+                if name not in _RECORD_FIELDS and isinstance(value, str):
+                    setattr(record, name, _PROCESS.scrub(value))
+        return True
+
+
+# The attributes every LogRecord has; the others came in `extra=`.
+_RECORD_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}

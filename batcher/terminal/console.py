@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from batcher.scrubber import scrub
+from batcher.scrubber import ScrubbingFilter, scrub
 from batcher.terminal.safe_text import printable
 
 stdout = Console(soft_wrap=True)
@@ -66,6 +66,7 @@ def configure_logging(*, debug: bool, quiet: bool) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ScrubbingFilter())  # log lines quote API messages: no key in them
     root = logging.getLogger("batcher")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -48,11 +48,15 @@ def reconcile(batch: Batch) -> Any:
     )
 
 
+def audit_totals(batch: Batch) -> Any:
+    with batch.ledger() as ledger:
+        return audit.build_audit(ledger, audit.AuditQuery()).totals
+
+
 def reports_agree(batch: Batch) -> tuple[int, int, int]:
     """status and audit work, agree with each other; (charged, refunded, net)."""
     [status] = batcher.status(db=batch.db_url).batches
-    report = audit.build_audit(batch.ledger(), audit.AuditQuery())
-    totals = report.totals
+    totals = audit_totals(batch)
     assert (status.credits_charged, status.credits_refunded, status.credits_net) == (
         totals.credits_charged,
         totals.credits_refunded,
@@ -235,3 +239,19 @@ def test_the_key_echoed_by_the_api_is_stored_nowhere(make_batch: MakeBatch, tmp_
         lowered = blob.lower()
         for piece in pieces:
             assert piece.encode() not in lowered
+
+
+# --------------------------------------------------------------------------- point 7
+
+
+def test_reports_count_the_images_saved_not_those_ordered(make_batch: MakeBatch) -> None:
+    batch = make_batch(prompts(3, image_count=2), bad_downloads="short")
+    summary = batch.run()
+    assert summary.states["failed"] == 3  # one URL for two images: not complete
+    assert summary.counters.images == 3  # the one image each project did list
+    assert audit_totals(batch).images == 3
+    batch.sandbox.set_faults(bad_downloads=None)
+    resumed = batch.run(resume=True)  # fresh URLs, nothing paid again
+    assert resumed.states["complete"] == 3
+    assert audit_totals(batch).images == 6
+    assert set(creates_per_item(batch).values()) == {1}
