@@ -142,7 +142,7 @@ def _credit_query(dialect: str, window: CreditWindow, group_by: Sequence[str]) -
     # charge row of the project the item holds now (a render created again
     # after a refunded failure has older projects, which saved nothing).
     first_charge = and_(is_charge, CREDITS.c.seq == 0, CREDITS.c.project_id == ITEMS.c.project_id)
-    saved = func.coalesce(func.json_array_length(ITEMS.c.files), 0)
+    saved = func.coalesce(_files_count(dialect), 0)
     metrics = (
         func.coalesce(func.sum(case((is_charge, CREDITS.c.credits), else_=0)), 0),
         func.coalesce(func.sum(case((is_refund, CREDITS.c.credits), else_=0)), 0),
@@ -311,6 +311,17 @@ def _window_clauses(window: CreditWindow) -> list[ColumnElement[bool]]:
     if window.until is not None:
         clauses.append(CREDITS.c.created_at < window.until)
     return clauses
+
+
+def _files_count(dialect: str) -> ColumnElement[Any]:
+    """How many files `items.files` lists; NULL when it is not a list."""
+    if dialect == "postgresql":
+        # json_array_length refuses a JSON null or object instead of answering NULL.
+        return case(
+            (func.json_typeof(ITEMS.c.files) == "array", func.json_array_length(ITEMS.c.files)),
+            else_=None,
+        )
+    return func.json_array_length(ITEMS.c.files)  # SQLite: 0 for a non-array
 
 
 def _utc_day(dialect: str) -> ColumnElement[Any]:
