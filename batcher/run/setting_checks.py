@@ -13,10 +13,8 @@ import math
 from typing import Final, Protocol
 
 from batcher.errors import ConfigError
+from batcher.settings import MAX_BUDGET
 
-# Budgets are summed in BIGINT columns (at most 2**63 - 1) beside every
-# credit row: a cap far beyond any account's balance, and far inside that.
-MAX_BUDGET: Final = 10**15
 MIN_BODY_BYTES: Final = 1024  # a real API answer is a few hundred bytes
 
 
