@@ -517,14 +517,17 @@ class MagicHourClient:
         cap = self._max_body
         if _announced_length(response) > cap:
             raise BodyTooLargeError(what, cap)
-        parts: list[bytes] = []
-        size = 0
+        # One growing buffer, not a list of chunks joined at the end: a body near
+        # the cap is held once, in one allocation the allocator gives back.
+        body = bytearray()
         async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > cap:
+            if len(body) + len(chunk) > cap:
+                # Freed now: the error's traceback (kept by retries, logs)
+                # holds this frame, and must not hold the body with it.
+                body.clear()
                 raise BodyTooLargeError(what, cap)
-            parts.append(chunk)
-        return b"".join(parts)
+            body += chunk
+        return bytes(body)
 
     def _transport_error(self, exc: Exception, what: str) -> TransportError:
         detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
