@@ -138,6 +138,9 @@ def explain(item: ItemRecord) -> tuple[str | None, str | None]:
         # A live worker may be sending it right now; if none is, the next run
         # marks it in doubt (it may have reached the API).
         return "being sent, or in doubt if no run is going: no answer recorded yet", None
+    if item.state == "submitted" and item.error_message:
+        # The create's answer had no usable charge: a poll (resume, reconcile) tells it.
+        return f"submitted; {item.error_message}", RESUME
     if item.state == "pending" and item.error_message:
         # Refused with 429/5xx last time: still to send, and why it was not yet.
         return f"not sent yet; last attempt{said}", RESUME

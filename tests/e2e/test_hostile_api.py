@@ -143,6 +143,8 @@ def test_an_unusable_charge_seen_only_by_reconcile(make_batch: MakeBatch) -> Non
     summary = batch.run(wait=False)
     assert summary.states["submitted"] == COUNT
     assert reports_agree(batch)[0] == 0  # nothing known yet, nothing invented
+    [row, *_] = batcher.items(batch.name, db=batch.db_url).items
+    assert row.reason is not None and "charge unknown" in row.reason
     report = reconcile(batch)
     assert len(report.charges) == COUNT
     assert reports_agree(batch)[2] == server_net(batch)
