@@ -252,9 +252,11 @@ async def serve_batch(
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
         ) as endpoint:
-            if settings.preflight:
-                await check_api_first(endpoint.api)  # before the endpoint is recorded
+            # The local check first (sandbox or not); it records the endpoint only
+            # on a batch that has none yet, which `run` now always records.
             warn(check_endpoint(ledger, batch, endpoint))
+            if settings.preflight:
+                await check_api_first(endpoint.api)  # a bad key or URL: nothing requeued
             if requeue:
                 prepared = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -486,9 +488,11 @@ async def rerun_batch(
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
         ) as endpoint:
-            if settings.preflight:
-                await check_api_first(endpoint.api)  # before the endpoint is recorded
+            # The local check first (sandbox or not); it records the endpoint only
+            # on a batch that has none yet, which `run` now always records.
             warn(check_endpoint(ledger, batch, endpoint))
+            if settings.preflight:
+                await check_api_first(endpoint.api)  # a bad key or URL: nothing requeued
             if confirm is not None and not await anyio.to_thread.run_sync(confirm, plan):
                 return RerunResult(plan, declined=True)
             batch, added = await anyio.to_thread.run_sync(

@@ -151,3 +151,25 @@ def test_escape_sequences_in_prompts_never_reach_the_terminal(
         assert ESC not in shown and "\x07" not in shown and "\x9b" not in shown, command
     reconciled = batcher("reconcile", "--db", db, *url, cwd=tmp_path, env=env)
     assert "a cat" in reconciled.stdout and "end" in reconciled.stdout
+
+
+def test_resume_with_a_rejected_key_changes_nothing(
+    tmp_path: Path, make_sandbox: MakeSandbox
+) -> None:
+    sandbox = make_sandbox()
+    job = write_job(tmp_path, prompts(2), name="rekey")
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    url = ["--base-url", sandbox.base_url]
+    first = batcher(
+        "run", str(job), "--db", db, *url, "--no-wait",
+        cwd=tmp_path, env=cli_env(MAGIC_HOUR_API_KEY=sandbox.key),
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    creates = len(sandbox.journal())
+    done = batcher(
+        "resume", "rekey", "--db", db, *url,
+        cwd=tmp_path, env=cli_env(MAGIC_HOUR_API_KEY="revoked-key-0123456789"),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "MAGIC_HOUR_API_KEY" in done.stderr and "Traceback" not in done.stderr
+    assert len(sandbox.journal()) == creates
