@@ -17,6 +17,7 @@
     │   ├── ConnectError              the request surely never reached the server
     │   └── ResponseLostError         the request may have been processed; answer lost
     │       └── MalformedResponseError  a 2xx answer with an unusable body (a create: maybe charged)
+    │           └── BodyTooLargeError   an API answer over --max-body-bytes (read no further)
     ├── BadDownloadError              a completed render gave no usable image: too few URLs, or a
     │   │                             body that is empty, not an image or over the size cap
     │   ├── NotAnImageError           a downloaded file is not a PNG, JPEG or WebP image
@@ -166,6 +167,19 @@ class MalformedResponseError(ResponseLostError):
     def __init__(self, message: str, *, project_id: str | None = None) -> None:
         self.project_id = project_id
         super().__init__(message)
+
+
+class BodyTooLargeError(MalformedResponseError):
+    """An API answer (create, poll, account) grew past `--max-body-bytes`; it was
+    read no further. Like any unusable answer: a create is in doubt, a poll is
+    tried again later."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"{what}: the answer is larger than the {limit:,}-byte cap (--max-body-bytes); "
+            "it may have been processed"
+        )
 
 
 class BadDownloadError(BatcherError):

@@ -36,6 +36,16 @@ HEARTBEAT_S = 10.0
 # lived only for its run, so its project ids mean nothing to any server later.
 SANDBOX_ENDPOINT = "sandbox"
 
+# The most one API answer (create, poll, account) may weigh (`--max-body-bytes`):
+# real answers are a few hundred bytes; a body that never ends is cut here.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# The largest credit cap accepted (`budget`, `--budget`): credits are summed in
+# BIGINT columns (at most 2**63 - 1); this is far beyond any account, far inside.
+MAX_BUDGET = 10**15
+# How long a render may take before it is reported and left `submitted` for
+# `resume` or `reconcile` to look at again (`--render-timeout`, seconds).
+DEFAULT_RENDER_TIMEOUT = 1800.0
+
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:

@@ -18,10 +18,12 @@ from batcher.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_DOUBT_LIMIT,
     DEFAULT_GRACE,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_OUTAGE_TOLERANCE,
     DEFAULT_POLL_TIMEOUT,
     DEFAULT_RENDER_RETRIES,
+    DEFAULT_RENDER_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
 )
 
@@ -135,6 +137,23 @@ run_options = _stack(
         metavar="SIZE",
         help="Refuse a downloaded image larger than this (bytes, or 500k, 100M, 1G); "
         "it is fetched again from fresh URLs, then the item fails [default: 100M].",
+    ),
+    click.option(
+        "--max-body-bytes",
+        type=ByteSize(),
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="SIZE",
+        help="Read no API answer (create, poll, account) beyond this size; a larger one "
+        "counts as garbled: a create is in doubt, a poll is tried again [default: 8 MiB].",
+    ),
+    click.option(
+        "--render-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_RENDER_TIMEOUT,
+        metavar="S",
+        show_default=True,
+        help="Follow a render at most this long; then it is reported and left submitted "
+        "for `resume` or `reconcile` to look at again.",
     ),
     click.option(
         "--no-gallery",

@@ -13,6 +13,7 @@ from batcher.sandbox import (
     CREATE_GARBLES,
     HONEST,
     IMAGE_FORMATS,
+    POLL_GARBLES,
     SANDBOX_KEY,
     SandboxConfig,
     serve,
@@ -196,6 +197,21 @@ def _retry_after(ctx: click.Context, param: click.Parameter, value: str | None) 
     default=_DEFAULTS.create_garble_rate,
     show_default=True,
     help="Share of accepted creates given --create-garble.",
+)
+@click.option(
+    "--poll-garble",
+    type=click.Choice(POLL_GARBLES),
+    metavar="MODE",
+    help="GETs of projects answered unusably: non-json (an HTML page), unknown-status "
+    "(a status no client knows), endless (a body without end), key-echo (a render error "
+    "whose message echoes the key, not refunded).",
+)
+@click.option(
+    "--poll-garble-rate",
+    type=_RATE,
+    default=_DEFAULTS.poll_garble_rate,
+    show_default=True,
+    help="Share of project GETs given --poll-garble.",
 )
 @click.option(
     "--drip-seconds",

@@ -17,9 +17,16 @@ translation is about money (a create is billed when accepted):
     ReadTimeout, WriteTimeout, ReadError, WriteError, RemoteProtocolError,
     any other httpx error
         → ResponseLostError: the request may have been processed
-    2xx whose body is unusable (a create without an id)
-        → MalformedResponseError (a ResponseLostError)
-    non-2xx → ApiError(status, message, retry_after); 401 → AuthError;
+    2xx whose body is unusable (a create without an id), or an answer that is
+    neither 2xx, 4xx nor 5xx (a 3xx, a 1xx: something in front of the API)
+        → MalformedResponseError (a ResponseLostError): a create is in doubt
+    a body over the cap (--max-body-bytes), announced or streamed
+        → BodyTooLargeError (a MalformedResponseError), read no further
+    a create with an id but an implausible credits_charged (missing, a string,
+    5.5, true, negative, beyond MAX_PLAUSIBLE_CREDITS)
+        → CreatedProject(credits_charged=None, charge_problem=...): the id is
+          kept, the charge is unknown until a poll says it
+    4xx/5xx → ApiError(status, message, retry_after); 401 → AuthError;
     403/404/410 on a signed download URL → DownloadExpiredError
     a download URL that is not http(s) with a host → ConnectError (nothing sent)
     a download body over the size cap → DownloadTooLargeError (stopped at the cap)
@@ -56,6 +63,7 @@ comes from outside is scrubbed of it), not in repr().
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
 import json
 import logging
@@ -77,11 +85,13 @@ import anyio.to_thread
 import httpx
 
 from batcher import __version__
+from batcher.client.charges import plausible_credits, plausible_or_none
 from batcher.client.latency import AdaptiveTimeout
 from batcher.client.pool import PooledTransport
 from batcher.errors import (
     ApiError,
     AuthError,
+    BodyTooLargeError,
     ConfigError,
     ConnectError,
     DownloadExpiredError,
@@ -91,9 +101,13 @@ from batcher.errors import (
     ResponseLostError,
     TransportError,
 )
+from batcher.scrubber import Scrubber, register
 from batcher.settings import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
     DEFAULT_CONCURRENCY,
     DEFAULT_CREATE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_POLL_TIMEOUT,
     ApiConfig,
@@ -128,9 +142,10 @@ DOWNLOAD_MAX_REDIRECTS: Final = 5
 DOWNLOAD_CHUNK_BYTES: Final = 256 * 1024
 ERROR_BODY_MAX_BYTES: Final = 8 * 1024  # read at most this much of an error answer
 MESSAGE_EXCERPT_CHARS: Final = 200
-REDACTED: Final = "[redacted]"
-# Keys shorter than this are test placeholders; scrubbing them would mangle text.
-MIN_SCRUBBED_KEY_CHARS: Final = 6
+# Read this much of a message before scrubbing it, then shorten it to the
+# excerpt: a key straddling the cut is still whole when it is scrubbed.
+MESSAGE_SCAN_CHARS: Final = 4 * MESSAGE_EXCERPT_CHARS
+MAX_PROJECT_ID_CHARS: Final = 200  # the ledger's column
 
 USER_AGENT: Final = f"batcher/{__version__}"
 PROJECT_STATES: Final = ("draft", "queued", "rendering", "complete", "error", "canceled")
@@ -143,10 +158,16 @@ EXPIRED_DOWNLOAD_STATUSES: Final = frozenset({403, 404, 410})
 
 @dataclass(frozen=True, slots=True)
 class CreatedProject:
-    """A create the API accepted: poll `project_id`; `credits_charged` were billed."""
+    """A create the API accepted: poll `project_id`; `credits_charged` were billed.
+
+    `credits_charged` is None when the answer's charge was unusable (missing,
+    not a whole number, implausible): the project exists and may be charged,
+    and `charge_problem` says what was wrong; a poll tells the charge.
+    """
 
     project_id: str
-    credits_charged: int
+    credits_charged: int | None
+    charge_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,31 +257,26 @@ class MagicHourClient:
         concurrency: int = DEFAULT_CONCURRENCY,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         max_download_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
         if max_download_bytes < 1:
             raise ConfigError(f"max_download_bytes must be at least 1, not {max_download_bytes}")
+        if max_body_bytes < 1:
+            raise ConfigError(f"max_body_bytes must be at least 1, not {max_body_bytes}")
+        check_api_config(config)
         base = config.base_url.rstrip("/")
-        try:
-            base_url = httpx.URL(base)
-        except httpx.InvalidURL as exc:
-            raise ConfigError(f"API base URL {base!r} is not a valid URL: {exc}") from None
-        if base_url.scheme not in ("http", "https") or not base_url.host:
-            raise ConfigError(
-                f"API base URL {base!r} must start with http:// or https:// and name a host"
-            )
         key = config.api_key
-        if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
-            # h11 would refuse the header and quote it in its error message.
-            raise ConfigError("the API key holds characters that cannot go in an HTTP header")
 
         self._base = base
         self._concurrency = concurrency
         self._timeouts = timeouts
         self._max_download = max_download_bytes
-        self._secret = key if key is not None and len(key) >= MIN_SCRUBBED_KEY_CHARS else None
+        self._max_body = max_body_bytes
+        self._scrubber = Scrubber([key])
+        register(key)  # the stores and views scrub with it too, as a backstop
         self._transport = transport or PooledTransport(concurrency * POOL_CONNECTIONS_PER_WORKER)
 
         common: list[tuple[bytes, bytes]] = [
@@ -342,24 +358,29 @@ class MagicHourClient:
                 f"create: no complete answer within its {deadline:g} s deadline "
                 "(--create-timeout); it may have been processed"
             )
-        if not 200 <= status < 300:
+        if 400 <= status < 600:
             raise self._api_error(status, headers, raw, reason, download=False)
+        if not 200 <= status < 300:
+            # A redirect to a login page, a 1xx: not the API's word on the create,
+            # which may have been accepted and charged behind it.
+            raise MalformedResponseError(
+                f"create answered HTTP {status} ({self._scrub(reason) or 'no reason'}), "
+                "neither a success nor an error: it may have been charged"
+            )
         data = self._json_object(raw, "create", maybe_charged=True)
-        project_id = _str_or_none(data.get("id"))
+        project_id = self._usable_id(data.get("id"))
         if project_id is None:
             raise MalformedResponseError(
                 f"create answered {status} without a usable project id: it may have been "
                 "charged, and there is nothing to poll"
             )
-        credits = _int_or_none(data.get("credits_charged"))
-        if credits is None:
-            # Keep the id on the error: the item is in doubt, but findable.
-            raise MalformedResponseError(
-                f"create answered {status} for project {project_id} without a usable "
-                "credits_charged: the charge is unknown until the project is polled",
-                project_id=project_id,
+        credits, problem = plausible_credits(data.get("credits_charged"))
+        if problem is not None:
+            log.warning(
+                "create answered with an unusable charge; the charge is unknown until a poll",
+                extra={"project_id": project_id, "error": problem},
             )
-        return CreatedProject(project_id=project_id, credits_charged=credits)
+        return CreatedProject(project_id, credits, problem)
 
     async def get_project(self, project_id: str) -> ProjectStatus:
         """GET /v1/image-projects/{id}."""
@@ -368,7 +389,14 @@ class MagicHourClient:
         )
         if not 200 <= status < 300:
             raise self._api_error(status, headers, raw, reason, download=False)
-        return _parse_project(self._json_object(raw, "poll", maybe_charged=False), project_id)
+        parsed = _parse_project(self._json_object(raw, "poll", maybe_charged=False), project_id)
+        # Every text of the answer came from outside: none may carry the key on.
+        return dataclasses.replace(
+            parsed,
+            error_code=self._scrub_optional(parsed.error_code),
+            error_message=self._scrub_optional(parsed.error_message),
+            name=self._scrub_optional(parsed.name),
+        )
 
     async def delete_project(self, project_id: str) -> None:
         """DELETE /v1/image-projects/{id} (204)."""
@@ -387,7 +415,7 @@ class MagicHourClient:
             raise self._api_error(status, headers, raw, reason, download=False)
         data = self._json_object(raw, "account", maybe_charged=False)
         credits = _int_or_none(data.get("credits"))
-        tier = _str_or_none(data.get("tier"))
+        tier = self._scrub_optional(_str_or_none(data.get("tier")))
         if credits is None or tier is None:
             raise MalformedResponseError("account answer without usable credits and tier")
         return Account(
@@ -503,7 +531,7 @@ class MagicHourClient:
         try:
             response = await self._transport.handle_async_request(request)
             try:
-                raw = await response.aread()
+                raw = await self._read_body(response, what)
             finally:
                 await response.aclose()
         except _HTTPX_ERRORS as exc:
@@ -536,6 +564,24 @@ class MagicHourClient:
             extension = self._extensions[read] = self._timeouts.extension(read)
         return extension
 
+    async def _read_body(self, response: httpx.Response, what: str) -> bytes:
+        """The body, streamed and counted: one over the cap is refused unread, so a
+        body that never ends costs neither memory nor time beyond the cap."""
+        cap = self._max_body
+        if _announced_length(response) > cap:
+            raise BodyTooLargeError(what, cap)
+        # One growing buffer, not a list of chunks joined at the end: a body near
+        # the cap is held once, in one allocation the allocator gives back.
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            if len(body) + len(chunk) > cap:
+                # Freed now: the error's traceback (kept by retries, logs)
+                # holds this frame, and must not hold the body with it.
+                body.clear()
+                raise BodyTooLargeError(what, cap)
+            body += chunk
+        return bytes(body)
+
     def _transport_error(self, exc: Exception, what: str) -> TransportError:
         detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if isinstance(exc, _NEVER_SENT):
@@ -567,7 +613,9 @@ class MagicHourClient:
         *,
         download: bool,
     ) -> ApiError:
-        message = self._scrub(_error_message(raw, reason, status))
+        # Scrubbed whole, then shortened: a key cut in two by the shortening
+        # would no longer be found.
+        message = _shorten(self._scrub(_error_message(raw, reason, status)))
         retry_after = parse_retry_after(headers.get("retry-after"))
         klass: type[ApiError] = ApiError
         if download:
@@ -578,13 +626,47 @@ class MagicHourClient:
         return klass(status, message, retry_after)
 
     def _excerpt(self, raw: bytes) -> str:
-        return self._scrub(_excerpt(raw))
+        return _shorten(self._scrub(_flat_text(raw)))
 
     def _scrub(self, text: str) -> str:
-        # The server could echo the key back ("invalid key mhk_..."): never pass it on.
-        if self._secret is not None and self._secret in text:
-            return text.replace(self._secret, REDACTED)
-        return text
+        # The server could echo the key back ("invalid key mhk_..."), whole,
+        # lowercased or in part: never pass any of it on.
+        return self._scrubber.scrub(text)
+
+    def _scrub_optional(self, text: str | None) -> str | None:
+        return None if text is None else self._scrubber.scrub(text)
+
+    def _usable_id(self, value: Any) -> str | None:
+        """A project id we can store and poll: a short printable string."""
+        project_id = _str_or_none(value)
+        if project_id is None or len(project_id) > MAX_PROJECT_ID_CHARS:
+            return None
+        if not project_id.isprintable() or self._scrub(project_id) != project_id:
+            return None
+        return project_id
+
+
+def check_api_config(config: ApiConfig) -> None:
+    """ConfigError (exit 2) for a base URL or key no request could be made with;
+    checked before anything is written, so a bad endpoint is never stored."""
+    base = config.base_url.rstrip("/")
+    try:
+        base_url = httpx.URL(base)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(
+            f"API base URL {base!r} (--base-url or {BASE_URL_ENV}) is not a valid URL: {exc}"
+        ) from None
+    if base_url.scheme not in ("http", "https") or not base_url.host:
+        raise ConfigError(
+            f"API base URL {base!r} (--base-url or {BASE_URL_ENV}) must start with "
+            "http:// or https:// and name a host"
+        )
+    key = config.api_key
+    if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
+        # h11 would refuse the header and quote it in its error message.
+        raise ConfigError(
+            f"the API key in {API_KEY_ENV} holds characters that cannot go in an HTTP header"
+        )
 
 
 # httpx raises these (and only these) from a request; InvalidURL and
@@ -649,7 +731,7 @@ def _error_message(raw: bytes, reason: str, status: int) -> str:
     # Not JSON, or JSON with other fields than we know: an excerpt still tells
     # more than the reason phrase (an HTML error page, {"code": "..."}).
     informative = data is None or (isinstance(data, dict) and any(k not in fields for k in data))
-    excerpt = _excerpt(raw) if informative else ""
+    excerpt = _flat_text(raw) if informative else ""
     if excerpt:
         return excerpt
     if reason:
@@ -661,9 +743,12 @@ def _error_message(raw: bytes, reason: str, status: int) -> str:
 
 
 def _message_text(value: Any) -> str:
-    """Text of a `message`/`error`/`detail` value: a string, an object or a list of them."""
+    """Text of a `message`/`error`/`detail` value: a string, an object or a list of them.
+
+    Not shortened here: the caller scrubs the whole text first, then shortens it.
+    """
     if isinstance(value, str):
-        return _shorten(value.strip())
+        return value.strip()[:MESSAGE_SCAN_CHARS]
     if isinstance(value, dict):
         # {"error": {"code": ..., "message": ...}} and FastAPI-like {"msg": ..., "loc": ...}
         for field in ("message", "msg", "detail", "error", "description"):
@@ -673,19 +758,22 @@ def _message_text(value: Any) -> str:
                 loc = value.get("loc")
                 if isinstance(loc, list) and loc:
                     text = f"{'.'.join(str(part) for part in loc)}: {text}"
-                return _shorten(text)
-        return _shorten(json.dumps(value, ensure_ascii=False, sort_keys=True)) if value else ""
+                return text[:MESSAGE_SCAN_CHARS]
+        if not value:
+            return ""
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)[:MESSAGE_SCAN_CHARS]
     if isinstance(value, list):
-        parts = [text for text in (_message_text(item) for item in value) if text]
-        return _shorten("; ".join(parts))
+        parts = [text for text in (_message_text(item) for item in value[:20]) if text]
+        return "; ".join(parts)[:MESSAGE_SCAN_CHARS]
     if value is None or isinstance(value, bool):
         return ""
-    return _shorten(str(value))
+    return str(value)[:MESSAGE_SCAN_CHARS]
 
 
-def _excerpt(raw: bytes) -> str:
-    text = raw[: MESSAGE_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-    return _shorten(" ".join(text.split()))
+def _flat_text(raw: bytes) -> str:
+    """The start of a body as one line of text (not yet scrubbed nor shortened)."""
+    text = raw[:MESSAGE_SCAN_CHARS].decode("utf-8", errors="replace")
+    return " ".join(text.split())
 
 
 def _shorten(text: str) -> str:
@@ -745,7 +833,7 @@ def _parse_project(data: dict[str, Any], requested_id: str) -> ProjectStatus:
     return ProjectStatus(
         project_id=_str_or_none(data.get("id")) or requested_id,
         status=status.strip().lower(),
-        credits_charged=_int_or_none(data.get("credits_charged")),
+        credits_charged=plausible_or_none(data.get("credits_charged")),
         downloads=tuple(downloads),
         error_code=error_code,
         error_message=error_message,

@@ -40,6 +40,7 @@ from batcher.jobfile.yaml_nodes import (
     text,
     whole,
 )
+from batcher.settings import MAX_BUDGET
 
 __all__ = ["JobBuilder"]
 
@@ -154,6 +155,11 @@ class JobBuilder:
             return
         if budget < 0:
             self._error(line(node), "budget", f"must not be negative, not {budget}")
+            return
+        if budget > MAX_BUDGET:
+            self._error(
+                line(node), "budget", f"{budget} is beyond any account: at most {MAX_BUDGET:,}"
+            )
             return
         self.budget = budget
 

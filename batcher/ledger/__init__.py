@@ -21,6 +21,7 @@ from batcher.ledger.reviews import (
 from batcher.ledger.transactions import Clock
 from batcher.ledger.values import (
     FAILURE_DOWNLOAD,
+    FAILURE_LOST,
     FAILURE_REFUSED,
     FAILURE_RENDER,
     FAILURE_TRANSIENT,
@@ -29,6 +30,7 @@ from batcher.ledger.values import (
     BatchRecord,
     BatchSummary,
     BeginSend,
+    ChargeSeen,
     Created,
     CreditGroup,
     CreditSnapshot,
@@ -53,6 +55,7 @@ from batcher.ledger.writer import LedgerWriter
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_S",
     "FAILURE_DOWNLOAD",
+    "FAILURE_LOST",
     "FAILURE_REFUSED",
     "FAILURE_RENDER",
     "FAILURE_TRANSIENT",
@@ -62,6 +65,7 @@ __all__ = [
     "BatchRecord",
     "BatchSummary",
     "BeginSend",
+    "ChargeSeen",
     "Clock",
     "Created",
     "CreditGroup",

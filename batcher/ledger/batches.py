@@ -15,6 +15,7 @@ from batcher.ledger.tables import BATCHES, CREDITS, ITEMS
 from batcher.ledger.transactions import Database
 from batcher.ledger.values import (
     FAILURE_DOWNLOAD,
+    FAILURE_LOST,
     FAILURE_REFUSED,
     FAILURE_RENDER,
     FAILURE_TRANSIENT,
@@ -242,7 +243,9 @@ def requeue(
     """
     retryable = [FAILURE_TRANSIENT, FAILURE_RENDER]
     if retry_failed:
-        retryable.append(FAILURE_REFUSED)
+        # A lost project (404, canceled) was paid and not refunded: only the
+        # user's word creates it again.
+        retryable.extend((FAILURE_REFUSED, FAILURE_LOST))
     of_batch = ITEMS.c.batch_id == batch_id
 
     def work(conn: Connection) -> RequeueCounts:

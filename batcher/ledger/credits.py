@@ -7,9 +7,11 @@ report never waits on a run that is writing.
 
 How a credit row counts, so that figures add up across groups and windows:
 each row falls in the group of its own item (batch, model, resolution) and
-its own time (UTC day); charges add to `credits_charged`, `items` (distinct)
-and, when the project has no refund row at all, `images`; refunds add to
-`credits_refunded` and `failures`.
+its own time (UTC day); charges add to `credits_charged` and `items`
+(distinct), and the first charge of the project an item holds adds the
+images saved for it (`items.files`); refunds add to `credits_refunded` and
+`failures` (distinct projects). A project may have several rows of a kind:
+each change of its `credits_charged` seen on a poll is one more.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from sqlalchemy import (
     select,
 )
 
-from batcher.ledger.tables import BATCHES, CREDITS, ITEMS
+from batcher.ledger.tables import BATCHES, CREDITS, ITEMS, lock_items
 from batcher.ledger.transactions import Database
 from batcher.ledger.values import (
     GROUP_KEYS,
+    ChargeSeen,
     CreditGroup,
     CreditSnapshot,
     CreditWindow,
@@ -43,7 +46,13 @@ from batcher.ledger.values import (
     GroupValue,
     KnownProject,
 )
-from batcher.ledger.writes import Deltas, apply_deltas, credit_row, insert_credits
+from batcher.ledger.writes import (
+    Deltas,
+    apply_charge_seen,
+    apply_deltas,
+    credit_row,
+    insert_credits,
+)
 
 CHUNK = 1000
 
@@ -124,28 +133,22 @@ def credit_snapshot(
 
 
 def _credit_query(dialect: str, window: CreditWindow, group_by: Sequence[str]) -> Select[Any]:
-    # A charge's project is refunded at most once (unique kind+project_id), so
-    # this outer join never multiplies rows.
-    refunds = CREDITS.alias("refunds")
-    joined = (
-        CREDITS.join(ITEMS, ITEMS.c.id == CREDITS.c.item_id)
-        .join(BATCHES, BATCHES.c.id == CREDITS.c.batch_id)
-        .outerjoin(
-            refunds,
-            and_(refunds.c.project_id == CREDITS.c.project_id, refunds.c.kind == "refund"),
-        )
+    joined = CREDITS.join(ITEMS, ITEMS.c.id == CREDITS.c.item_id).join(
+        BATCHES, BATCHES.c.id == CREDITS.c.batch_id
     )
     is_charge = CREDITS.c.kind == "charge"
     is_refund = CREDITS.c.kind == "refund"
+    # Images are those saved (items.files), counted once per item: on the first
+    # charge row of the project the item holds now (a render created again
+    # after a refunded failure has older projects, which saved nothing).
+    first_charge = and_(is_charge, CREDITS.c.seq == 0, CREDITS.c.project_id == ITEMS.c.project_id)
+    saved = func.coalesce(_files_count(dialect), 0)
     metrics = (
         func.coalesce(func.sum(case((is_charge, CREDITS.c.credits), else_=0)), 0),
         func.coalesce(func.sum(case((is_refund, CREDITS.c.credits), else_=0)), 0),
-        func.coalesce(
-            func.sum(case((and_(is_charge, refunds.c.id.is_(None)), ITEMS.c.image_count), else_=0)),
-            0,
-        ),
+        func.coalesce(func.sum(case((first_charge, saved), else_=0)), 0),
         func.count(distinct(case((is_charge, CREDITS.c.item_id), else_=None))),
-        func.coalesce(func.sum(case((is_refund, 1), else_=0)), 0),
+        func.count(distinct(case((is_refund, CREDITS.c.project_id), else_=None))),
     )
     keys = [_key_column(key, dialect) for key in group_by]
     query = select(*keys, *metrics).select_from(joined).where(*_window_clauses(window))
@@ -182,42 +185,85 @@ def _in_doubt_query(window: CreditWindow) -> Select[Any]:
 
 
 def known_projects(db: Database, batch_id: int) -> list[KnownProject]:
-    """Every project with a charge row in the batch, with its refund if recorded, in order."""
-    refunds = CREDITS.alias("refunds")
-    query = (
+    """Every project of the batch, in order of its first credit row: each with a
+    credit row (charged and refunded summed over its rows), then each that an
+    item holds without one (its charge is still unknown)."""
+    is_charge = CREDITS.c.kind == "charge"
+    summed = (
         select(
-            CREDITS.c.batch_id,
-            BATCHES.c.name,
-            CREDITS.c.item_id,
-            ITEMS.c.key,
             CREDITS.c.project_id,
-            CREDITS.c.credits,
-            func.coalesce(refunds.c.credits, 0),
+            func.min(CREDITS.c.item_id),
+            func.sum(case((is_charge, CREDITS.c.credits), else_=0)),
+            func.sum(case((is_charge, 0), else_=CREDITS.c.credits)),
+            func.min(CREDITS.c.id).label("first"),
         )
-        .select_from(
-            CREDITS.join(ITEMS, ITEMS.c.id == CREDITS.c.item_id)
-            .join(BATCHES, BATCHES.c.id == CREDITS.c.batch_id)
-            .outerjoin(
-                refunds,
-                and_(refunds.c.project_id == CREDITS.c.project_id, refunds.c.kind == "refund"),
-            )
-        )
-        .where(CREDITS.c.batch_id == batch_id, CREDITS.c.kind == "charge")
-        .order_by(CREDITS.c.id)
+        .where(CREDITS.c.batch_id == batch_id)
+        .group_by(CREDITS.c.project_id)
+        .subquery()
     )
-    rows = db.read(lambda conn: conn.execute(query).all())
-    return [
+    query = (
+        select(ITEMS.c.id, ITEMS.c.key, *summed.c)
+        .select_from(summed.join(ITEMS, ITEMS.c.id == summed.c[1]))
+        .order_by(summed.c.first)
+    )
+    recorded = CREDITS.alias("recorded")
+    uncharged = (
+        select(ITEMS.c.id, ITEMS.c.key, ITEMS.c.project_id)
+        .where(
+            ITEMS.c.batch_id == batch_id,
+            ITEMS.c.project_id.is_not(None),
+            ~select(recorded.c.id).where(recorded.c.project_id == ITEMS.c.project_id).exists(),
+        )
+        .order_by(ITEMS.c.ordinal)
+    )
+
+    def work(conn: Connection) -> tuple[list[Any], list[Any], str]:
+        name = conn.scalar(select(BATCHES.c.name).where(BATCHES.c.id == batch_id))
+        return list(conn.execute(query).all()), list(conn.execute(uncharged).all()), str(name)
+
+    rows, unknown, name = db.read(work)
+    found = [
         KnownProject(
-            batch_id=int(row[0]),
-            batch=str(row[1]),
-            item_id=int(row[2]),
-            item_key=str(row[3]),
-            project_id=str(row[4]),
-            charged=int(row[5]),
-            refunded=int(row[6]),
+            batch_id=batch_id,
+            batch=name,
+            item_id=int(row[0]),
+            item_key=str(row[1]),
+            project_id=str(row[2]),
+            charged=int(row[4] or 0),
+            refunded=int(row[5] or 0),
         )
         for row in rows
     ]
+    found.extend(
+        KnownProject(
+            batch_id=batch_id,
+            batch=name,
+            item_id=int(row[0]),
+            item_key=str(row[1]),
+            project_id=str(row[2]),
+            charged=0,
+            refunded=0,
+            charge_known=False,
+        )
+        for row in unknown
+    )
+    return found
+
+
+def record_charge_seen(db: Database, op: ChargeSeen) -> int:
+    """What the API says a project cost now, recorded as the difference from the
+    ledger's net for it (a charge or a refund row); the credits recorded, signed."""
+
+    def work(conn: Connection) -> int:
+        now = db.clock()
+        if db.postgres:
+            lock_items(conn, [op.item_id])
+        deltas = Deltas()
+        change = apply_charge_seen(db, conn, op, deltas, now)
+        apply_deltas(conn, deltas, now)
+        return change
+
+    return db.write(work)
 
 
 def doubtful_items(db: Database, batch_ids: Sequence[int]) -> list[DoubtfulItem]:
@@ -265,6 +311,17 @@ def _window_clauses(window: CreditWindow) -> list[ColumnElement[bool]]:
     if window.until is not None:
         clauses.append(CREDITS.c.created_at < window.until)
     return clauses
+
+
+def _files_count(dialect: str) -> ColumnElement[Any]:
+    """How many files `items.files` lists; NULL when it is not a list."""
+    if dialect == "postgresql":
+        # json_array_length refuses a JSON null or object instead of answering NULL.
+        return case(
+            (func.json_typeof(ITEMS.c.files) == "array", func.json_array_length(ITEMS.c.files)),
+            else_=None,
+        )
+    return func.json_array_length(ITEMS.c.files)  # SQLite: 0 for a non-array
 
 
 def _utc_day(dialect: str) -> ColumnElement[Any]:

@@ -30,6 +30,7 @@ from batcher.ledger.transactions import Clock, Database
 from batcher.ledger.values import (
     BatchRecord,
     BatchSummary,
+    ChargeSeen,
     CreditSnapshot,
     CreditWindow,
     Demand,
@@ -262,7 +263,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ the runner's writes
 
-    def apply(self, ops: Sequence[LedgerOp]) -> list[bool | None]:
+    def apply(self, ops: Sequence[LedgerOp]) -> list[bool | int | None]:
         """Commit a group of operations in one transaction (see writes.py)."""
         return writes.apply(self._db, ops)
 
@@ -271,6 +272,11 @@ class Ledger:
     def record_refund(self, batch_id: int, item_id: int, project_id: str, credits: int) -> bool:
         """A refund found after the fact (reconcile). False if it was already recorded."""
         return credit_rows.record_refund(self._db, batch_id, item_id, project_id, credits)
+
+    def record_charge_seen(self, op: ChargeSeen) -> int:
+        """What the API says a project cost now (reconcile): the difference from the
+        ledger's net recorded as one charge or refund row; the credits recorded."""
+        return credit_rows.record_charge_seen(self._db, op)
 
     def project_charges(self, project_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """(charged, refunded) per project id."""

@@ -150,8 +150,10 @@ class CreditEvent(Base):
 
     __tablename__ = "credit_events"
     __table_args__ = (
-        # A project is charged once and refunded at most once, whoever records it.
-        UniqueConstraint("kind", "project_id"),
+        # Each change of a project's charge seen is one row, numbered per kind
+        # by `seq` (0: the charge at create, the first refund): whoever records
+        # a change, it is written once.
+        UniqueConstraint("kind", "project_id", "seq"),
         CheckConstraint("kind IN ('charge', 'refund')", name="kind"),
         CheckConstraint("credits >= 0", name="credits"),
     )
@@ -162,6 +164,7 @@ class CreditEvent(Base):
     kind: Mapped[str] = mapped_column(String(8))
     credits: Mapped[int] = mapped_column(BigInteger)
     project_id: Mapped[str] = mapped_column(String(200))
+    seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(index=True)
 
 

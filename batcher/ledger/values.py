@@ -23,6 +23,9 @@ FAILURE_REFUSED: Final = "refused"  # refused with a 4xx other than 429: needs -
 FAILURE_TRANSIENT: Final = "transient"  # 429/5xx/unreachable until retries ran out: resume retries
 FAILURE_RENDER: Final = "render"  # the render failed (refunded): resume re-creates it
 FAILURE_DOWNLOAD: Final = "download"  # rendered but not saved: resume re-polls and downloads
+# The project answered 404 or came back `canceled`: paid, and no refund seen.
+# Never re-created automatically (not by the run, not by resume): --retry-failed.
+FAILURE_LOST: Final = "lost"
 
 # The keys a credit report can be grouped by, in their documented order.
 GROUP_KEYS: Final = ("batch", "model", "day", "resolution")
@@ -231,15 +234,19 @@ class CreditSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class KnownProject:
-    """A project the ledger saw created (it has a charge row), with what it recorded."""
+    """A project the ledger saw created (a credit row, or an item holding its id),
+    with what it recorded."""
 
     batch_id: int
     batch: str
     item_id: int
     item_key: str
     project_id: str
-    charged: int
-    refunded: int  # 0 when no refund row exists
+    charged: int  # the sum of its charge rows
+    refunded: int  # the sum of its refund rows, 0 when none exists
+    # False: the create's answer had no usable charge and no poll told it yet
+    # (the item holds the project id, there is no credit row).
+    charge_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,14 +278,33 @@ class BeginSend:
 
 @dataclass(frozen=True, slots=True)
 class Created:
-    """The API accepted the create: the project id is known and the charge recorded."""
+    """The API accepted the create: the project id is known and the charge recorded.
+
+    `credits_charged` None: the answer's charge was unusable. The item is
+    submitted all the same, keeps its reservation (it may be charged) and
+    `note` says why; the first poll that tells the charge records it (ChargeSeen).
+    """
+
+    item_id: int
+    batch_id: int
+    project_id: str
+    credits_charged: int | None
+    reserved: int
+    keep_claim: bool  # False with --no-wait: nobody follows the render in this run
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeSeen:
+    """A poll (or reconcile) read a project's `credits_charged`: the ledger records
+    the difference from its own net for the project as one credit row, a charge
+    (a surcharge, or the charge unknown until now) or a refund, and frees the
+    item's reservation. Nothing is written when they agree."""
 
     item_id: int
     batch_id: int
     project_id: str
     credits_charged: int
-    reserved: int
-    keep_claim: bool  # False with --no-wait: nobody follows the render in this run
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,4 +343,4 @@ class ReleaseClaims:
     item_ids: tuple[int, ...]
 
 
-LedgerOp = BeginSend | Created | SendFailed | RenderFinished | ReleaseClaims
+LedgerOp = BeginSend | Created | ChargeSeen | SendFailed | RenderFinished | ReleaseClaims

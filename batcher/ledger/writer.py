@@ -27,7 +27,7 @@ MAX_GROUP = 512
 class _Waiter:
     op: LedgerOp
     done: anyio.Event = field(default_factory=anyio.Event)
-    result: bool | None = None
+    result: bool | int | None = None
     error: BaseException | None = None
 
 
@@ -41,7 +41,7 @@ class LedgerWriter:
         self._thread = anyio.CapacityLimiter(1)
         self._closed = False
 
-    async def apply(self, op: LedgerOp) -> bool | None:
+    async def apply(self, op: LedgerOp) -> bool | int | None:
         if self._closed:
             raise LedgerError("the ledger writer has stopped")
         waiter = _Waiter(op)

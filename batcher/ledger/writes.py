@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.sql.elements import BindParameter
@@ -29,6 +29,7 @@ from batcher.ledger.tables import BATCHES, CREDITS, ITEMS, lock_items
 from batcher.ledger.transactions import Database
 from batcher.ledger.values import (
     BeginSend,
+    ChargeSeen,
     Created,
     LedgerOp,
     ReleaseClaims,
@@ -36,6 +37,7 @@ from batcher.ledger.values import (
     SendFailed,
     files_to_json,
 )
+from batcher.scrubber import scrub_optional
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,12 @@ _CREATED = (
     .values(
         state="submitted",
         project_id=bindparam("project_id"),
-        credits_reserved=0,
+        # Kept when the charge is unknown: the project may be charged.
+        credits_reserved=bindparam("still_reserved"),
         failure=None,
         error_status=None,
         error_code=None,
-        error_message=None,
+        error_message=bindparam("note"),
         submitted_at=_NOW,
         updated_at=_NOW,
     )
@@ -149,6 +152,26 @@ _RECORDED = select(CREDITS.c.project_id).where(
     CREDITS.c.project_id.in_(bindparam("projects", expanding=True)),
 )
 
+# A project's credit rows: what the ledger says it cost so far, and how many
+# rows of each kind it has (the next row's `seq`).
+_PROJECT_CREDITS = select(
+    func.coalesce(
+        func.sum(case((CREDITS.c.kind == "charge", CREDITS.c.credits), else_=-CREDITS.c.credits)),
+        0,
+    ),
+    func.count(case((CREDITS.c.kind == "charge", 1), else_=None)),
+    func.count(case((CREDITS.c.kind == "refund", 1), else_=None)),
+).where(CREDITS.c.project_id == bindparam("project_id"))
+
+_ITEM_RESERVED = select(ITEMS.c.credits_reserved, ITEMS.c.project_id).where(
+    ITEMS.c.id == bindparam("item_id")
+)
+_FREE_RESERVED = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("item_id"))
+    .values(credits_reserved=0, updated_at=_NOW)
+)
+
 _INSERT_CREDIT = {
     "sqlite": sqlite.insert(CREDITS).on_conflict_do_nothing(),
     "postgresql": postgresql.insert(CREDITS).on_conflict_do_nothing(),
@@ -158,7 +181,7 @@ _INSERT_CREDIT = {
 # --------------------------------------------------------------------------- apply
 
 
-def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | None]:
+def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | int | None]:
     """Commit a group of operations in one transaction.
 
     Returns, per operation, True/False for `BeginSend` (accepted or refused
@@ -181,7 +204,7 @@ def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | None]:
     return [result for op in ops for result in apply(db, [op])]
 
 
-def _apply(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool | None]:
+def _apply(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool | int | None]:
     now = db.clock()
     if db.postgres:
         lock_items(conn, [item_id for op in ops for item_id in _item_ids(op)])
@@ -189,9 +212,11 @@ def _apply(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool
     by_kind: dict[type, list[tuple[int, Any]]] = defaultdict(list)
     for index, op in enumerate(ops):
         by_kind[type(op)].append((index, op))
-    results: list[bool | None] = [None] * len(ops)
+    results: list[bool | int | None] = [None] * len(ops)
     # Settlements first, so budget they free is available to this group's reservations.
     _apply_created(db, conn, [op for _, op in by_kind[Created]], deltas, now)
+    for index, op in by_kind[ChargeSeen]:
+        results[index] = apply_charge_seen(db, conn, op, deltas, now)
     _apply_send_failed(conn, [op for _, op in by_kind[SendFailed]], deltas, now)
     _apply_render_finished(db, conn, [op for _, op in by_kind[RenderFinished]], deltas, now)
     released = [item_id for _, op in by_kind[ReleaseClaims] for item_id in op.item_ids]
@@ -259,32 +284,63 @@ def _apply_created(
 ) -> None:
     if not ops:
         return
-    kept = [
-        {"item_id": op.item_id, "project_id": op.project_id, "now": now}
-        for op in ops
-        if op.keep_claim
-    ]
-    released = [
-        {"item_id": op.item_id, "project_id": op.project_id, "now": now}
-        for op in ops
-        if not op.keep_claim
-    ]
+
+    def row(op: Created) -> dict[str, Any]:
+        return {
+            "item_id": op.item_id,
+            "project_id": op.project_id,
+            "still_reserved": op.reserved if op.credits_charged is None else 0,
+            "note": scrub_optional(op.note),
+            "now": now,
+        }
+
+    kept = [row(op) for op in ops if op.keep_claim]
+    released = [row(op) for op in ops if not op.keep_claim]
     if kept:
         conn.execute(_CREATED, kept)
     if released:
         conn.execute(_CREATED_RELEASED, released)
     # A project id is new by construction: the API just made it. The unique
     # constraint still guards against recording it twice.
-    conn.execute(
-        _INSERT_CREDIT[db.dialect],
-        [
-            credit_row(op.batch_id, op.item_id, "charge", op.credits_charged, op.project_id, now)
-            for op in ops
-        ],
-    )
-    for op in ops:
-        deltas.net[op.batch_id] += op.credits_charged
+    charged = [op for op in ops if op.credits_charged is not None]
+    if charged:
+        conn.execute(
+            _INSERT_CREDIT[db.dialect],
+            [
+                credit_row(
+                    op.batch_id, op.item_id, "charge", op.credits_charged or 0, op.project_id, now
+                )
+                for op in charged
+            ],
+        )
+    for op in charged:
+        deltas.net[op.batch_id] += op.credits_charged or 0
         deltas.reserved[op.batch_id] -= op.reserved
+
+
+def apply_charge_seen(
+    db: Database, conn: Connection, op: ChargeSeen, deltas: Deltas, now: datetime
+) -> int:
+    """Record the difference between what the API says the project cost and the
+    ledger's net for it, as one charge or refund row; free the item's
+    reservation if it still held one for this project. Returns the difference
+    recorded (0 when they agree)."""
+    net, charges, refunds = conn.execute(_PROJECT_CREDITS, {"project_id": op.project_id}).one()
+    change = op.credits_charged - int(net)
+    if change:
+        kind, seq = ("charge", int(charges)) if change > 0 else ("refund", int(refunds))
+        row = credit_row(op.batch_id, op.item_id, kind, abs(change), op.project_id, now)
+        row["seq"] = seq
+        inserted = conn.execute(_INSERT_CREDIT[db.dialect], row).rowcount
+        if inserted:
+            deltas.net[op.batch_id] += change
+        else:
+            change = 0  # another recorder wrote this very change first
+    reserved, project_id = conn.execute(_ITEM_RESERVED, {"item_id": op.item_id}).one()
+    if reserved and project_id == op.project_id:
+        conn.execute(_FREE_RESERVED, {"item_id": op.item_id, "now": now})
+        deltas.reserved[op.batch_id] -= int(reserved)
+    return change
 
 
 def _apply_send_failed(
@@ -300,7 +356,7 @@ def _apply_send_failed(
                 "state": op.state,
                 "failure": op.failure,
                 "status": op.status,
-                "message": op.message,
+                "message": scrub_optional(op.message),
                 # An unconfirmed create may have been charged: keep its
                 # reservation so the budget still counts it.
                 "reserved": op.reserved if op.state == "unconfirmed" else 0,
@@ -327,8 +383,8 @@ def _apply_render_finished(
                 "item_id": op.item_id,
                 "state": op.state,
                 "failure": op.failure,
-                "code": op.code,
-                "message": op.message,
+                "code": scrub_optional(op.code),
+                "message": scrub_optional(op.message),
                 "files": files_to_json(op.files) if op.files is not None else None,
                 "render_failure": 1 if op.count_render_failure else 0,
                 "finished_at": now if op.state in ("complete", "failed") else None,
@@ -363,6 +419,7 @@ def credit_row(
         "kind": kind,
         "credits": credits,
         "project_id": project_id,
+        "seq": 0,
         "created_at": now,
     }
 

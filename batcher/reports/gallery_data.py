@@ -18,6 +18,7 @@ from typing import Any, Final
 from batcher.errors import ConfigError, OutputError
 from batcher.ledger import (
     FAILURE_DOWNLOAD,
+    FAILURE_LOST,
     FAILURE_REFUSED,
     FAILURE_RENDER,
     FAILURE_TRANSIENT,
@@ -41,6 +42,7 @@ _FAILURES: Final = {
     FAILURE_TRANSIENT: "the API stayed unavailable (429/5xx) until retries ran out",
     FAILURE_RENDER: "the render failed (refunded)",
     FAILURE_DOWNLOAD: "rendered, but the images could not be saved",
+    FAILURE_LOST: "the project was not found or was canceled (paid, not refunded)",
 }
 
 

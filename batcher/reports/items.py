@@ -15,6 +15,7 @@ from typing import Any, Final
 from batcher.errors import ConfigError
 from batcher.ledger import (
     FAILURE_DOWNLOAD,
+    FAILURE_LOST,
     FAILURE_REFUSED,
     FAILURE_RENDER,
     FAILURE_TRANSIENT,
@@ -120,6 +121,11 @@ def explain(item: ItemRecord) -> tuple[str | None, str | None]:
             return f"the render failed and was refunded{said}", RESUME
         if item.failure == FAILURE_DOWNLOAD:
             return f"rendered, but the images could not be saved{said}", RESUME
+        if item.failure == FAILURE_LOST:
+            return (
+                f"the project was not found or was canceled, paid and not refunded{said}",
+                RESUME_RETRY_FAILED,
+            )
         return f"failed{said}", RESUME_RETRY_FAILED
     if item.state == "unconfirmed":
         return (
@@ -131,6 +137,9 @@ def explain(item: ItemRecord) -> tuple[str | None, str | None]:
         # A live worker may be sending it right now; if none is, the next run
         # marks it in doubt (it may have reached the API).
         return "being sent, or in doubt if no run is going: no answer recorded yet", None
+    if item.state == "submitted" and item.error_message:
+        # The create's answer had no usable charge: a poll (resume, reconcile) tells it.
+        return f"submitted; {item.error_message}", RESUME
     if item.state == "pending" and item.error_message:
         # Refused with 429/5xx last time: still to send, and why it was not yet.
         return f"not sent yet; last attempt{said}", RESUME

@@ -1,12 +1,15 @@
 """`batcher reconcile`: ask the API again about every project the ledger knows.
 
-A render can fail (and be refunded) after the run that created it stopped
-following it: `--no-wait`, an interrupted run, a crash. Reconcile polls every
-project id that has a charge row, records the refunds the ledger has not seen
-(refund = charged - the project's current `credits_charged`, when lower; the
-ledger keeps at most one refund row per project, so running it twice records
-nothing twice), and lists the items in doubt, whose project id was never
-learnt, with the `name` that finds them in the Magic Hour web library.
+A render can fail (and be refunded), or be charged more, after the run that
+created it stopped following it: `--no-wait`, an interrupted run, a crash.
+Reconcile polls every project id the ledger knows (a credit row, or an item
+holding an id whose charge the create's answer did not tell), records every
+difference between the project's current `credits_charged` and the ledger's
+net for it as one credit row (a refund when lower, a charge when higher: a
+surcharge, or the charge unknown until now; written in one transaction with
+the read of the net, so running it twice records nothing twice), warns about
+surcharges, and lists the items in doubt, whose project id was never learnt,
+with the `name` that finds them in the Magic Hour web library.
 
 It changes no item state and downloads nothing: that is `resume`'s job.
 
@@ -33,7 +36,7 @@ from batcher.client import retry
 from batcher.client.limits import AdaptiveLimiter
 from batcher.client.magic_hour import ProjectStatus
 from batcher.errors import ApiError, AuthError, BatcherError, TransportError
-from batcher.ledger import BatchRecord, DoubtfulItem, KnownProject, Ledger
+from batcher.ledger import BatchRecord, ChargeSeen, DoubtfulItem, KnownProject, Ledger
 from batcher.settings import SANDBOX_ENDPOINT
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,18 @@ class RefundFound:
     project_id: str
     credits: int
     status: str  # the project's status when polled
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeFound:
+    """A charge the ledger had not recorded: a surcharge, or a charge the create's
+    answer did not tell (`first`)."""
+
+    batch: str
+    item_key: str
+    project_id: str
+    credits: int
+    first: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +107,12 @@ class ReconcileReport:
     in_doubt: tuple[DoubtfulItem, ...]
     skipped: tuple[SkippedBatch, ...] = ()
     warnings: tuple[str, ...] = ()
+    charges: tuple[ChargeFound, ...] = ()
+
+    @property
+    def credits_charged(self) -> int:
+        """Credits charged that the ledger learnt from this reconcile."""
+        return sum(charge.credits for charge in self.charges)
 
     @property
     def credits_refunded(self) -> int:
@@ -110,17 +131,11 @@ class _Tally:
     polled: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     refunds: list[RefundFound] = field(default_factory=list)
+    charges: list[ChargeFound] = field(default_factory=list)
     not_found: list[ProjectProblem] = field(default_factory=list)
     errors: list[ProjectProblem] = field(default_factory=list)
     mismatches: list[ProjectProblem] = field(default_factory=list)
     fatal: BatcherError | None = None  # stops every poll: a rejected key, an unusable ledger
-
-
-def refund_due(charged: int, status: ProjectStatus) -> int:
-    """Credits given back for a project charged `charged`, from what the API says now."""
-    if status.credits_charged is None or status.credits_charged >= charged:
-        return 0
-    return charged - max(0, status.credits_charged)
 
 
 def select_batches(
@@ -194,6 +209,14 @@ async def reconcile(
     # Every selected batch, skipped ones too: their doubtful items are still in doubt.
     batch_ids = [batch.id for batch in chosen] + [batch.id for batch in skipped]
     in_doubt = await anyio.to_thread.run_sync(ledger.doubtful_items, batch_ids)
+    surcharges = [charge for charge in tally.charges if not charge.first]
+    if surcharges:
+        example = surcharges[0]
+        warnings.append(
+            f"{len(surcharges)} project(s) were charged more than the ledger knew "
+            f"({sum(c.credits for c in surcharges)} credits; e.g. {example.item_key}, "
+            f"project {example.project_id}: +{example.credits}); recorded as charges"
+        )
     return ReconcileReport(
         batches=tuple(batch.name for batch in chosen),
         projects_polled=tally.polled,
@@ -205,6 +228,7 @@ async def reconcile(
         in_doubt=tuple(in_doubt),
         skipped=tuple(skipped),
         warnings=tuple(warnings),
+        charges=tuple(tally.charges),
     )
 
 
@@ -276,37 +300,34 @@ async def _settle(
         return
     tally.polled += 1
     tally.statuses[status.status] += 1
-    due = refund_due(project.charged, status)
-    refunded = project.refunded
-    if due and not refunded:
-        recorded = await anyio.to_thread.run_sync(
-            ledger.record_refund, project.batch_id, project.item_id, project.project_id, due
+    if status.credits_charged is None:
+        return  # nothing usable said about the charge: the ledger keeps what it has
+    change = await anyio.to_thread.run_sync(
+        ledger.record_charge_seen,
+        ChargeSeen(project.item_id, project.batch_id, project.project_id, status.credits_charged),
+    )
+    if change < 0:
+        tally.refunds.append(
+            RefundFound(project.batch, project.item_key, project.project_id, -change, status.status)
         )
-        if recorded:
-            refunded = due
-            tally.refunds.append(
-                RefundFound(project.batch, project.item_key, project.project_id, due, status.status)
-            )
-            log.debug(
-                "late refund recorded",
-                extra={
-                    "event": "reconcile.refund",
-                    "project_id": project.project_id,
-                    "credits": due,
-                },
-            )
-        else:
-            # Someone (a run, another reconcile) recorded it in the meantime.
-            refunded = due
-    if status.credits_charged is not None and status.credits_charged != project.charged - refunded:
-        tally.mismatches.append(
-            ProjectProblem(
+    elif change > 0:
+        tally.charges.append(
+            ChargeFound(
                 project.batch,
                 project.item_key,
                 project.project_id,
-                f"the API says {status.credits_charged} credits, the ledger "
-                f"{project.charged} charged - {refunded} refunded = {project.charged - refunded}",
+                change,
+                first=not project.charge_known,
             )
+        )
+    if change:
+        log.debug(
+            "credit change recorded",
+            extra={
+                "event": "reconcile.credit",
+                "project_id": project.project_id,
+                "credits": change,
+            },
         )
 
 
@@ -346,6 +367,8 @@ def reconcile_json(report: ReconcileReport) -> dict[str, object]:
         "projects_polled": report.projects_polled,
         "statuses": dict(report.statuses),
         "refunds_found": len(report.refunds),
+        "charges_found": len(report.charges),
+        "credits_charged": report.credits_charged,
         "credits_refunded": report.credits_refunded,
         "refunds": [
             {

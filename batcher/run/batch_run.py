@@ -51,6 +51,7 @@ from batcher.settings import (
     DEFAULT_DOUBT_LIMIT,
     DEFAULT_GRACE,
     DEFAULT_OUTAGE_TOLERANCE,
+    DEFAULT_RENDER_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
     HEARTBEAT_S,
     LEASE_S,
@@ -88,6 +89,7 @@ class RunOptions:
     metadata: bool = True  # False: images stay byte for byte as downloaded (--no-metadata)
     out_dir: Path | None = None
     render_retries: int = 1
+    render_timeout: float = DEFAULT_RENDER_TIMEOUT  # then left `submitted`, reported
     claim_page: int = 0  # 0: four times the concurrency, at most feeder.CLAIM_PAGE_MAX
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
@@ -111,6 +113,7 @@ class RunResult:
     out_dir: Path | None
     unsent: int  # pending items left when sending stopped
     waited: bool  # renders were followed (not --no-wait)
+    notices: tuple[str, ...] = ()  # odd answers met (batcher.run.notices), for the summary
 
     @property
     def succeeded(self) -> bool:
@@ -152,6 +155,7 @@ class BatchRun:
             concurrency=options.concurrency,
             wait=options.wait,
             render_retries=options.render_retries,
+            render_timeout=options.render_timeout,
             out_dir=self.out_dir,
             batch_name=batch.name,
             metadata=options.metadata,
@@ -260,4 +264,5 @@ class BatchRun:
             out_dir=self.out_dir,
             unsent=states.get("pending", 0) if state.stopped else 0,
             waited=self.options.wait,
+            notices=state.notices.lines(),
         )

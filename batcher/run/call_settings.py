@@ -45,6 +45,8 @@ class WorkerArgs(WhereArgs, total=False):
     download: bool  # save the images (False: --no-download)
     metadata: bool  # provenance chunks in PNGs (False: --no-metadata)
     max_image_bytes: int  # the cap on one downloaded image
+    max_body_bytes: int  # the cap on one API answer (create, poll, account)
+    render_timeout: float  # seconds a render may take; then reported, left submitted
     gallery: bool  # refresh out/<batch>/index.html at the end (False: --no-gallery)
     render_retries: int  # re-creates of a render that failed and was refunded (1)
     batch_concurrency: int | None  # a ceiling shared by every worker of the batch

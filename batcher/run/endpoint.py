@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from batcher.client.magic_hour import check_api_config
 from batcher.errors import ConfigError
 from batcher.ledger import BatchRecord, Ledger
 from batcher.run.prepare import require_key
@@ -39,6 +40,7 @@ def open_endpoint(
     if not sandbox:
         api = ApiConfig.from_env(base_url, environ)
         require_key(api, sandbox_hint=offers_sandbox)
+        check_api_config(api)
         yield Endpoint(api, api.base_url)
         return
     # Imported here: the emulator pulls in uvicorn, needed only with --sandbox.

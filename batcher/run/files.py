@@ -7,6 +7,8 @@ disk is a one-line message and a stopped run, never a traceback.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -19,10 +21,13 @@ from urllib.parse import urlsplit
 from batcher.errors import OutputError, OutputFolderError
 
 MANIFEST = "manifest.jsonl"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 PROBE_PREFIX = ".batcher-probe-"
 DOWNLOAD_SUFFIX = ".download"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 SLUG_LENGTH = 40
+FOLDER_NAME_BYTES = 120  # of a batch's folder name, before its hash (names may be 255)
+FOLDER_HASH_CHARS = 8
 
 
 def slug(text: str, length: int = SLUG_LENGTH) -> str:
@@ -36,8 +41,24 @@ def batch_folder(root: Path | None, batch_name: str) -> Path:
     """`--out` as given, else out/<batch name> with the name made safe as one folder."""
     if root is not None:
         return root
+    return Path("out") / folder_name(batch_name)
+
+
+def folder_name(batch_name: str) -> str:
+    """The batch name as one folder name: letters, digits, `.`, `-`, `_` and spaces
+    kept, anything else `_`, at most FOLDER_NAME_BYTES of UTF-8 (file systems
+    allow 255). When that changed the name, a short hash of the whole name is
+    appended, so that names which read alike (`~`, an emoji, two long names
+    with one start) still get folders of their own."""
     safe = re.sub(r"[^\w.\- ]+", "_", batch_name, flags=re.UNICODE).strip(" .") or "batch"
-    return Path("out") / safe
+    lossy = safe != batch_name
+    while len(safe.encode("utf-8")) > FOLDER_NAME_BYTES:
+        safe = safe[:-1]
+        lossy = True
+    if not lossy:
+        return safe
+    digest = hashlib.sha256(batch_name.encode("utf-8")).hexdigest()[:FOLDER_HASH_CHARS]
+    return f"{safe.rstrip(' .')}-{digest}"
 
 
 def prepare_folder(folder: Path) -> None:
@@ -47,6 +68,11 @@ def prepare_folder(folder: Path) -> None:
     shown = folder.absolute()
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(shown, "it is a file, not a folder; choose another with --out")
+    if (folder / MANIFEST).is_symlink():
+        raise OutputFolderError(
+            shown / MANIFEST,
+            "it is a symbolic link; batcher does not write through one (remove it)",
+        )
     probe = folder / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -99,8 +125,13 @@ class Manifest:
     def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # Never written through a symbolic link planted in its place.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(
+                    self.path, "it is a symbolic link, not followed (remove it)"
+                ) from None
             raise OutputError.from_os_error(self.path, exc) from None
 
     def write(self, entry: dict[str, Any]) -> None:

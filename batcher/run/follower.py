@@ -51,7 +51,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batcher.client import retry
 from batcher.client.limits import AdaptiveLimiter
-from batcher.client.magic_hour import ProjectStatus
+from batcher.client.magic_hour import PROJECT_STATES, ProjectStatus
 from batcher.errors import (
     ApiError,
     AuthError,
@@ -59,11 +59,19 @@ from batcher.errors import (
     BatcherError,
     ConnectError,
     DownloadExpiredError,
+    MalformedResponseError,
     NotAnImageError,
     OutputError,
     TransportError,
 )
-from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderFinished
+from batcher.ledger import (
+    FAILURE_DOWNLOAD,
+    FAILURE_LOST,
+    FAILURE_RENDER,
+    ChargeSeen,
+    ItemRecord,
+    RenderFinished,
+)
 from batcher.run import log_context
 from batcher.run.files import download_name, image_stem
 from batcher.run.manifest_line import ImageFile, ManifestLine
@@ -71,10 +79,12 @@ from batcher.run.outage import Outage
 from batcher.run.pacing import PollPlanner, RenderGate
 from batcher.run.provenance import finalize_image
 from batcher.run.state import STOP_OUTPUT, ImageApi, RunState
+from batcher.settings import DEFAULT_RENDER_TIMEOUT
 
 log = logging.getLogger(__name__)
 
 FINISHED = frozenset({"complete", "error", "canceled"})
+KNOWN_STATES = frozenset(PROJECT_STATES)
 # Looks at a completed project for usable images (the first, then fresh GETs
 # after an expired URL or an unusable body) before the item fails.
 DOWNLOAD_ROUNDS = 3
@@ -87,10 +97,12 @@ class _Render:
 
     item: ItemRecord
     project_id: str
-    charged: int | None  # credits charged at create; None when not known here
+    charged: int | None  # credits charged (create, surcharges); None while unknown
     created_at: float  # monotonic time the create was accepted (or it was adopted)
+    refunded: int = 0  # credits given back, as seen on polls this run
     polls: int = 0
     failed_polls: int = 0  # in a row, each through all its retries
+    odd: bool = False  # an unknown status or an unusable answer was reported already
     last_pending_age: float | None = None  # seen unfinished this long after its create
     first_look: bool = False  # adopted by the pass that runs before anything is sent
     # Created by this run: its age is a render time the poll planner can learn from.
@@ -118,6 +130,7 @@ class Follower:
         wait: bool,
         render_retries: int,
         out_dir: Path | None,
+        render_timeout: float = DEFAULT_RENDER_TIMEOUT,
         batch_name: str = "",
         metadata: bool = True,
     ) -> None:
@@ -131,6 +144,7 @@ class Follower:
         self._pollers = max(4, concurrency)
         self._wait = wait
         self._render_retries = render_retries
+        self._render_timeout = render_timeout
         self._out_dir = out_dir
         self._batch_name = batch_name  # written into each PNG's provenance
         self._metadata = metadata  # False: files stay as downloaded (--no-metadata)
@@ -163,7 +177,7 @@ class Follower:
 
     # ------------------------------------------------------------------ taking renders on
 
-    def follow(self, item: ItemRecord, project_id: str, charged: int) -> None:
+    def follow(self, item: ItemRecord, project_id: str, charged: int | None) -> None:
         """A create of this run was accepted: follow its render."""
         self._counters.rendering += 1
         submitted = dataclasses.replace(
@@ -291,16 +305,26 @@ class Follower:
                 again,
                 extra={"project_id": render.project_id, "error": str(exc)},
             )
+            if isinstance(exc, MalformedResponseError):
+                self._odd(render, f"unusable answer: {exc}")
+            if await self._past_deadline(render, age):
+                return
             self._schedule_at(time.monotonic() + again, render)
             return
         render.polls += 1
         render.failed_polls = 0
         self._first_look_seen(render)
+        refunded = _refunded(render, status)  # judged on the charge before this poll
+        await self._see_charge(render, status)
         if status.status not in FINISHED:
             render.last_pending_age = age
             if not self._wait:
                 # --no-wait: a resumed batch looks once, then leaves the render be.
                 await self._let_go(render)
+                return
+            if status.status not in KNOWN_STATES:
+                self._odd(render, f"unknown status {status.status!r}")
+            if await self._past_deadline(render, age):
                 return
             self._plan(render)
             return
@@ -311,7 +335,60 @@ class Follower:
         else:
             code = status.error_code or status.status
             message = status.error_message or f"the render ended as {status.status}"
-            await self._render_failed(render, status, code, message)
+            await self._render_failed(render, status, code, message, refunded=refunded)
+
+    async def _see_charge(self, render: _Render, status: ProjectStatus) -> None:
+        """Record any change of the project's credits_charged (a surcharge, a refund,
+        the charge the create's answer did not tell) as a credit row."""
+        observed = status.credits_charged
+        if observed is None:
+            return
+        if render.charged is not None and render.charged - render.refunded == observed:
+            return
+        item = render.item
+        change = int(
+            await self._state.writer.apply(
+                ChargeSeen(item.id, item.batch_id, render.project_id, observed)
+            )
+            or 0
+        )
+        self._state.notify_settled()  # a reservation held for an unknown charge is free
+        if change > 0:
+            if render.charged is not None:
+                self._state.notice(
+                    "surcharge",
+                    f"{item.key} (project {render.project_id}): {render.charged} -> "
+                    f"{render.charged + change} credits",
+                )
+            render.charged = (render.charged or 0) + change
+            self._counters.credits_charged += change
+        elif change < 0:
+            render.refunded -= change
+            self._counters.credits_refunded -= change
+            if render.charged is None:
+                render.charged = observed - change
+        elif render.charged is None:
+            render.charged = observed
+
+    def _odd(self, render: _Render, what: str) -> None:
+        """An answer nobody can act on: said once per render; it counts against the deadline."""
+        if not render.odd:
+            render.odd = True
+            self._state.notice(
+                "odd_status", f"{render.item.key} (project {render.project_id}): {what}"
+            )
+
+    async def _past_deadline(self, render: _Render, age: float) -> bool:
+        """At the render deadline the render is reported and left `submitted`:
+        `resume` or `reconcile` looks at it again later."""
+        if age < self._render_timeout:
+            return False
+        self._state.notice(
+            "render_timeout",
+            f"{render.item.key} (project {render.project_id}) after {age:.0f} s",
+        )
+        await self._let_go(render)
+        return True
 
     def _first_look_seen(self, render: _Render) -> None:
         if render.first_look:
@@ -335,7 +412,7 @@ class Follower:
 
     async def _complete(self, render: _Render, status: ProjectStatus) -> None:
         self._render_left()
-        refund = self._refund(render, status)
+        refund = render.refunded  # recorded as it was seen (_see_charge)
         line = self._line(render, "complete", refunded=refund)
         files: tuple[ImageFile, ...] = ()
         if self._out_dir is not None:
@@ -351,10 +428,9 @@ class Follower:
             if downloads.problem is not None:
                 await self._download_failed(render, refund, files, downloads.problem)
                 return
-        await self._finish(render, "complete", refund=refund, files=tuple(f.saved() for f in files))
+        await self._finish(render, "complete", files=tuple(f.saved() for f in files))
         self._counters.complete += 1
         self._counters.images += len(files)
-        self._counters.credits_refunded += refund
         self._state.write_line(line.with_files(files))
         self._state.settle()
 
@@ -372,14 +448,12 @@ class Follower:
         await self._finish(
             render,
             "failed",
-            refund=refund,
             failure=FAILURE_DOWNLOAD,
             message=message,
             files=tuple(f.saved() for f in files),
         )
         self._counters.failed += 1
         self._counters.images += len(files)
-        self._counters.credits_refunded += refund
         self._state.write_line(
             self._line(render, "failed", refunded=refund, error=message).with_files(files)
         )
@@ -406,28 +480,39 @@ class Follower:
         )
         self._state.notify_settled()
 
-    def _refund(self, render: _Render, status: ProjectStatus | None) -> int:
-        if status is None or status.credits_charged is None or render.charged is None:
-            return 0
-        return max(0, render.charged - status.credits_charged)
-
     async def _render_failed(
-        self, render: _Render, status: ProjectStatus | None, code: str, message: str
+        self,
+        render: _Render,
+        status: ProjectStatus | None,
+        code: str,
+        message: str,
+        *,
+        refunded: bool = False,
     ) -> None:
         self._render_left()
-        refund = self._refund(render, status)
+        refund = render.refunded  # recorded as it was seen (_see_charge)
         item = render.item
-        again = item.render_failures < self._render_retries and not self._state.halted()
+        # Only a render the API says failed *and* refunded is cheap to create
+        # again. A 404 (an eventually consistent read, a project deleted in the
+        # web library), `canceled`, or an error with no refund seen were paid:
+        # the item fails, and only --retry-failed creates it again.
+        again = (
+            refunded and item.render_failures < self._render_retries and not self._state.halted()
+        )
+        failure = FAILURE_RENDER if refunded else FAILURE_LOST
+        if not refunded:
+            log.warning(
+                "render lost, paid and not refunded; not created again",
+                extra={"key": item.key, "project_id": render.project_id, "code": code},
+            )
         await self._finish(
             render,
             "pending" if again else "failed",
-            refund=refund,
-            failure=None if again else FAILURE_RENDER,
+            failure=None if again else failure,
             code=code,
             message=message,
             count_render_failure=True,
         )
-        self._counters.credits_refunded += refund
         if again:
             retried = dataclasses.replace(
                 item, state="pending", render_failures=item.render_failures + 1, project_id=None
@@ -568,6 +653,15 @@ class _GivenUp(BatcherError):
 class _Downloads:
     saved: tuple[ImageFile, ...]  # in image order; all of them when `problem` is None
     problem: str | None  # why the images could not all be had
+
+
+def _refunded(render: _Render, status: ProjectStatus | None) -> bool:
+    """The API said the render failed (`error`) and gave the credits back."""
+    if status is None or status.status != "error" or status.credits_charged is None:
+        return False
+    if status.credits_charged <= 0:
+        return True
+    return render.charged is not None and status.credits_charged < render.charged
 
 
 def _why(exc: BatcherError) -> str:

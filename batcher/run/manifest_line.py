@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from batcher.ledger import ItemRecord, SavedFile, utcnow
+from batcher.scrubber import scrub_optional
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,7 @@ class ManifestLine:
             "credits_refunded": self.credits_refunded,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "files": [f.as_json() for f in self.files],
-            "error": self.error,
+            "error": scrub_optional(self.error),
         }
 
 

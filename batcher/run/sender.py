@@ -293,7 +293,16 @@ class Sender:
         self._breaker.cleared()
         self._limiter.on_success()
         key = kind(item)
-        self._observed[key] = max(self._observed.get(key, 0), created.credits_charged)
+        note: str | None = None
+        if created.credits_charged is None:
+            # The id is kept (the render is followed, the charge read from a
+            # poll); the reservation stays until then: it may have been charged.
+            note = f"charge unknown: {created.charge_problem}"
+            self._state.notice(
+                "charge_unknown", f"{item.key} (project {created.project_id}): {note}"
+            )
+        else:
+            self._observed[key] = max(self._observed.get(key, 0), created.credits_charged)
         await self._settle_send(
             Created(
                 item.id,
@@ -302,10 +311,11 @@ class Sender:
                 created.credits_charged,
                 reserve,
                 keep_claim=self._wait,
+                note=note,
             )
         )
         self._counters.created += 1
-        self._counters.credits_charged += created.credits_charged
+        self._counters.credits_charged += created.credits_charged or 0
         if not self._wait:
             self._state.settle()
             return

@@ -39,6 +39,7 @@ from batcher.ledger.models import utcnow
 from batcher.reports.gallery import write_gallery
 from batcher.reports.gallery_data import PAGE_NAME, gallery_folder
 from batcher.run import prepare
+from batcher.run.api_check import check_api_first
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
@@ -53,6 +54,7 @@ from batcher.run.rerun import (
     new_items,
     plan_rerun,
 )
+from batcher.run.setting_checks import check_limits
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.run.summary import RunStats, RunSummary, exit_code
 from batcher.settings import (
@@ -60,10 +62,12 @@ from batcher.settings import (
     DEFAULT_CREATE_TIMEOUT,
     DEFAULT_DOUBT_LIMIT,
     DEFAULT_GRACE,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_OUTAGE_TOLERANCE,
     DEFAULT_POLL_TIMEOUT,
     DEFAULT_RENDER_RETRIES,
+    DEFAULT_RENDER_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
     database_url,
 )
@@ -85,6 +89,8 @@ class SendSettings:
     download: bool = True
     metadata: bool = True  # provenance chunks in PNGs (False: --no-metadata)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # each API answer (--max-body-bytes)
+    render_timeout: float = DEFAULT_RENDER_TIMEOUT  # seconds a render is followed
     gallery: bool = True  # refresh out/<batch>/index.html at the end (False: --no-gallery)
     render_retries: int = DEFAULT_RENDER_RETRIES
     batch_concurrency: int | None = None
@@ -126,6 +132,7 @@ class SendSettings:
             raise ConfigError(
                 f"max_image_bytes must be at least 1 byte, not {self.max_image_bytes}"
             )
+        check_limits(self)
 
     def run_options(self, *, joining: bool) -> RunOptions:
         return RunOptions(
@@ -143,6 +150,7 @@ class SendSettings:
             doubt_limit=self.doubt_limit,
             stall_timeout=self.stall_timeout,
             grace=self.grace,
+            render_timeout=self.render_timeout,
         )
 
     def timeouts(self) -> Timeouts:
@@ -228,6 +236,8 @@ async def run_jobs(
         # input, refused with nothing sent and nothing written.
         for spec in specs:
             prepare_folder(batch_folder(settings.out, spec.name))
+        if settings.preflight:
+            await check_api_first(endpoint.api)  # a bad key or URL: nothing written
         with await _open_ledger(context.db_url, create=True) as ledger:
             for spec in specs:
                 warn = _Warnings(observer)
@@ -279,7 +289,11 @@ async def serve_batch(
             on_sandbox=observer.sandbox_started,
             offers_sandbox=requeue,  # resume has --sandbox, worker has not
         ) as endpoint:
+            # The local check first (sandbox or not); it records the endpoint only
+            # on a batch that has none yet, which `run` now always records.
             warn(check_endpoint(ledger, batch, endpoint))
+            if settings.preflight:
+                await check_api_first(endpoint.api)  # a bad key or URL: nothing requeued
             if requeue:
                 prepared = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -332,6 +346,7 @@ async def drive(
         concurrency=options.concurrency,
         max_download_bytes=settings.max_image_bytes,
         timeouts=settings.timeouts(),
+        max_body_bytes=settings.max_body_bytes,
     ) as client:
         if settings.preflight:
             report = await prepare.preflight(client, ledger, batch, catalog)
@@ -341,6 +356,8 @@ async def drive(
         todo = to_settle(counts, wait=options.wait)
         progress = RunProgress(batch.name, todo, options.wait, run)
         result = await _run_beside(progress, observer, signals, context.handle_signals)
+    for notice in result.notices:
+        warn(notice)
     gallery = await refresh_gallery(ledger, batch, settings, result, warn)
     finished_at = utcnow()
     summary = await anyio.to_thread.run_sync(
@@ -512,7 +529,11 @@ async def rerun_batch(
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
         ) as endpoint:
+            # The local check first (sandbox or not); it records the endpoint only
+            # on a batch that has none yet, which `run` now always records.
             warn(check_endpoint(ledger, batch, endpoint))
+            if settings.preflight:
+                await check_api_first(endpoint.api)  # a bad key or URL: nothing requeued
             if confirm is not None and not await anyio.to_thread.run_sync(confirm, plan):
                 return RerunResult(plan, declined=True)
             batch, added = await anyio.to_thread.run_sync(

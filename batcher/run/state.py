@@ -35,6 +35,7 @@ from batcher.errors import AuthError, OutputError
 from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
 from batcher.run.manifest_line import ImageFile, ManifestLine
+from batcher.run.notices import Notices
 from batcher.settings import API_KEY_ENV
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class RunState:
         self.stopped: str | None = None  # STOP_*, the first reason sending stopped
         self.stop_detail: str | None = None
         self.fatal: AuthError | None = None  # raised by the run once it has stopped
+        self.notices = Notices()  # odd answers met, for the summary's warnings
         self._manifest = manifest
         self._manifest_failed = False
         self._halted = False
@@ -146,6 +148,11 @@ class RunState:
             )
         self.halt(STOP_AUTH, str(exc))
         self._done.set()
+
+    def notice(self, kind: str, example: str) -> None:
+        """An odd answer the summary will tell of (batcher.run.notices); logged now."""
+        self.notices.add(kind, example)
+        log.warning("%s: %s", kind, example, extra={"event": f"run.{kind}"})
 
     # ------------------------------------------------------------------ holding
 

@@ -39,6 +39,8 @@ CREATE_GARBLES: Final = (
     "slow-drip",
     "endless",
 )
+# What a garbled GET of a project gives (issue 10, points 8, 9, 11).
+POLL_GARBLES: Final = ("non-json", "unknown-status", "endless", "key-echo")
 IMAGE_FORMATS: Final = ("png", "jpeg", "webp", "mixed")
 HUGE_DOWNLOAD_BYTES: Final = 2 * 1024**3  # far beyond any image; streamed, never held
 
@@ -82,6 +84,8 @@ class SandboxConfig:
     create_garble: str | None = None  # one of CREATE_GARBLES: a create answer charged, unusable
     create_garble_rate: float = 1.0  # share of accepted creates garbled, when a mode is set
     drip_seconds: float = 5.0  # `slow-drip`: one byte of the answer this often
+    poll_garble: str | None = None  # one of POLL_GARBLES: what a garbled project GET gives
+    poll_garble_rate: float = 1.0  # share of project GETs garbled, when a mode is set
     image_format: str = "png"  # one of IMAGE_FORMATS: the bytes of a download
     key_revoked: bool = False  # every /v1/ request answers 401, as for a key revoked mid-run
     # Webhooks (DESIGN.md, "Webhooks instead of polls"): off without a URL.
@@ -141,6 +145,8 @@ RUNTIME_FIELDS: Final = (
     "create_garble",
     "create_garble_rate",
     "drip_seconds",
+    "poll_garble",
+    "poll_garble_rate",
     "image_format",
     "key_revoked",
     "webhook_url",
@@ -163,6 +169,7 @@ _RATES: Final = (
     "cancel_rate",
     "bad_download_rate",
     "create_garble_rate",
+    "poll_garble_rate",
     "webhook_drop_rate",
     "webhook_duplicate_rate",
     "webhook_foreign_rate",
@@ -184,9 +191,11 @@ _WHOLE: Final = ("port", "credits", "max_in_flight", "huge_download_bytes", "web
 _CHOICES: Final = {
     "bad_downloads": BAD_DOWNLOADS,
     "create_garble": CREATE_GARBLES,
+    "poll_garble": POLL_GARBLES,
     "image_format": IMAGE_FORMATS,
 }
-_OPTIONAL_CHOICES: Final = ("bad_downloads", "create_garble")  # None: the fault is off
+# None: the fault is off
+_OPTIONAL_CHOICES: Final = ("bad_downloads", "create_garble", "poll_garble")
 
 
 def parse_retry_after(value: str | float | bool | None) -> RetryAfter:

@@ -44,7 +44,12 @@ from batcher.jobfile.items import ItemSettings
 from batcher.sandbox import webhooks
 from batcher.sandbox.clock import Clock, SystemClock
 from batcher.sandbox.config import BAD_DOWNLOADS, HONEST, SandboxConfig
-from batcher.sandbox.faults import SURCHARGE_FACTOR, bad_download_count, garbled_create
+from batcher.sandbox.faults import (
+    SURCHARGE_FACTOR,
+    bad_download_count,
+    garbled_create,
+    garbled_poll,
+)
 from batcher.sandbox.replies import (
     Headers,
     ImageJob,
@@ -642,6 +647,9 @@ class Emulator:
             now = self._monotonic()
             self._settle(now)
             document = self._document(project, now, host, rng)
+            garble = config.poll_garble
+            if garble is not None and rng.random() < config.poll_garble_rate:
+                return garbled_poll(garble, document, config.key)
         return Reply(200, encode(document))
 
     def _document(

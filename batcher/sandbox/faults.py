@@ -67,3 +67,25 @@ def bad_download_count(mode: str, image_count: int) -> int | None:
     if mode == "short":
         return image_count - 1  # one fewer than ordered: none at all for a single image
     return None
+
+
+UNKNOWN_STATUS: Final = "paused"  # a status no client knows
+
+
+def garbled_poll(mode: str, document: dict[str, object], key: str) -> Reply:
+    """The answer to a GET of a project, garbled by `mode`. `key-echo` is a render
+    error whose message echoes the account's key: whole past the 200th
+    character, upper-cased, and a 12-character piece of it; nothing refunded."""
+    if mode == "non-json":
+        return Reply(200, HTML_PAGE, content_type=HTML_TYPE)
+    if mode == "unknown-status":
+        return Reply(200, encode({**document, "status": UNKNOWN_STATUS, "downloads": []}))
+    if mode == "endless":
+        start = encode(document)[:-1] + b',"padding":"'
+        return Reply(200, start, stream=Endless())
+    if mode == "key-echo":
+        message = f"{'x' * 190} key {key} rejected ({key.upper()}; prefix {key[:12]})"
+        echoed = {**document, "status": "error", "downloads": []}
+        echoed["error"] = {"code": "bad_key", "message": message}
+        return Reply(200, encode(echoed))
+    raise ValueError(f"poll_garble: unknown mode {mode!r}")

@@ -18,7 +18,9 @@ from rich.markup import escape
 from rich.text import Text
 
 from batcher.errors import ConfigError
+from batcher.scrubber import ScrubbingFilter, scrub
 from batcher.terminal.log_format import CompactFormatter, JsonFormatter, TextFormatter
+from batcher.terminal.safe_text import printable
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -27,18 +29,21 @@ stderr = Console(stderr=True, soft_wrap=True)
 def error(message: str) -> None:
     # Messages quote user text (prompts, paths): never markup, never :emoji: codes.
     stderr.print(
-        f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, emoji=False
+        f"[bold red]error:[/] {escape(_safe(message))}", markup=True, highlight=False, emoji=False
     )
 
 
 def warning(message: str) -> None:
     stderr.print(
-        f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, emoji=False
+        f"[yellow]warning:[/] {escape(_safe(message))}",
+        markup=True,
+        highlight=False,
+        emoji=False,
     )
 
 
 def note(message: str) -> None:
-    stderr.print(message, markup=False, highlight=False, emoji=False)
+    stderr.print(_safe(message), markup=False, highlight=False, emoji=False)
 
 
 def traceback() -> None:
@@ -48,7 +53,13 @@ def traceback() -> None:
 
 def result(text: str) -> None:
     """A line of the command's result on stdout, printed as is."""
-    stdout.print(text, markup=False, highlight=False, emoji=False)
+    stdout.print(_safe(text), markup=False, highlight=False, emoji=False)
+
+
+def _safe(text: str) -> str:
+    # Messages quote text from outside: no escape sequence reaches the terminal,
+    # and no piece of the API key (batcher.scrubber, a backstop).
+    return scrub(printable(text))
 
 
 def configure_logging(*, debug: bool, quiet: bool) -> None:
@@ -68,6 +79,7 @@ def configure_logging(*, debug: bool, quiet: bool) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(TextFormatter())
+    handler.addFilter(ScrubbingFilter())  # log lines quote API messages: no key in them
     root = logging.getLogger("batcher")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -85,6 +97,7 @@ def add_log_file(path: Path, *, json_lines: bool) -> None:
     except OSError as exc:
         raise ConfigError(f"--log-file {path}: cannot write it ({exc.strerror or exc})") from None
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    handler.addFilter(ScrubbingFilter())  # the file keeps logs for good: no key in them
     root = logging.getLogger("batcher")
     root.addHandler(handler)
     if root.level > logging.INFO:

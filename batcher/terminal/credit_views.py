@@ -147,6 +147,11 @@ def print_reconcile(report: ReconcileReport, *, as_json: bool) -> None:
                 f"{refund.credits:,}",
             )
         print_table(table)
+    if report.charges:
+        output.result(
+            f"charges found: {len(report.charges)} ({report.credits_charged} credits: "
+            "surcharges, and charges the create's answer did not tell)"
+        )
     output.result(f"projects not found (404): {len(report.not_found)}")
     for problem in report.not_found:
         output.result(f"  {problem.batch} {problem.item_key} {problem.project_id}")

@@ -8,12 +8,13 @@ short with an ellipsis, however wide the lines get.
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from batcher.terminal import console as output
+from batcher.terminal.safe_text import printable
 
 # Wide enough that no real table is squeezed when measured at it.
 UNBOUNDED_WIDTH = 100_000
@@ -22,6 +23,7 @@ UNBOUNDED_WIDTH = 100_000
 def print_table(table: Table, *, console: Console | None = None) -> None:
     """Print `table` on stdout (or `console`): Rich on a terminal, plain elsewhere."""
     target = console or output.stdout
+    safe_cells(table)
     if target.is_terminal:
         target.print(table)
         return
@@ -63,3 +65,23 @@ def plain_table(table: Table) -> Table:
         column.overflow = "ignore"
         column.max_width = None
     return table
+
+
+def safe_cells(table: Table) -> Table:
+    """Drop escape sequences and control characters from every cell (in place):
+    cells quote prompts, names and API messages."""
+    for column in table.columns:
+        # Rich keeps a column's cells in `_cells`; rebuilding the table from
+        # rows would lose the styles each view chose.
+        column._cells = [_safe_cell(cell) for cell in column._cells]
+    return table
+
+
+def _safe_cell(cell: RenderableType) -> RenderableType:
+    if isinstance(cell, Text):
+        plain = cell.plain
+        clean = printable(plain)
+        return cell if clean == plain else Text(clean, style=cell.style)
+    if isinstance(cell, str):
+        return printable(cell)
+    return cell

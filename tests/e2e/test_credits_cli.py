@@ -113,6 +113,11 @@ def audited_db(tmp_path: Path) -> str:
                 )
                 if project == "alpha-p1":
                     ledger.apply([RenderFinished(item.id, batch.id, project, "failed", refund=20)])
+                else:  # `images` counts the images saved
+                    saved = tuple(f"{item.key}-{k}.png" for k in range(item.settings.image_count))
+                    ledger.apply(
+                        [RenderFinished(item.id, batch.id, project, "complete", files=saved)]
+                    )
     return url
 
 

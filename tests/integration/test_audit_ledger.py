@@ -139,6 +139,22 @@ def build_ledger(ledger: Ledger, clock: Clock) -> None:
             # Reconcile's way.
             clock.now = event.at
             assert ledger.record_refund(batch_id, item_id, event.project, event.credits)
+    # Every render not refunded saved all its images: `images` counts images saved.
+    refunded = {e.project for e in EVENTS if e.kind == "refund"}
+    for event in EVENTS:
+        if event.kind == "charge" and event.project not in refunded:
+            saved = tuple(f"{event.item.key}-{n}.png" for n in range(event.item.image_count))
+            ledger.apply(
+                [
+                    RenderFinished(
+                        items[event.item.key],
+                        batches[event.item.batch],
+                        event.project,
+                        "complete",
+                        files=saved,
+                    )
+                ]
+            )
     for when, spec in DOUBTS:
         send(spec, when)
         ledger.apply(
@@ -366,3 +382,40 @@ def test_an_empty_ledger_reports_zeros(ledger_url: str) -> None:
     assert report.rows == ()
     assert report.totals.metrics()["credits_net"] == 0
     assert report.items_in_doubt == 0
+
+
+def test_images_count_files_saved_whatever_the_files_column_holds(
+    ledger_url: str, clock: Clock
+) -> None:
+    """A failed item's files may be SQL NULL or a JSON null: neither breaks the sum."""
+    with Ledger.open(ledger_url, clock=clock) as ledger:
+        batch, _ = ledger.open_batch(
+            "gamma", job_path=None, job_hash=None, budget=None, settings={}
+        )
+        specs = [Spec("gamma", f"g{n}", "z-image-turbo", "1k", 2) for n in range(3)]
+        ledger.sync_items(
+            batch.id,
+            [
+                JobItem(
+                    n,
+                    s.key,
+                    f"prompt of {s.key}",
+                    ItemSettings(s.model, s.resolution, "1:1", "general", s.image_count),
+                    "job.yaml",
+                    n + 1,
+                )
+                for n, s in enumerate(specs)
+            ],
+            estimate=lambda _s: (5, True),
+            project_name=functools.partial(library_name, "gamma"),
+        )
+        lease = clock.now + timedelta(days=30)
+        claimed = ledger.claim(batch.id, "w", states=["pending"], limit=10, lease_until=lease)
+        for n, record in enumerate(claimed):
+            assert ledger.apply([BeginSend(record.id, batch.id, "w", 0)]) == [True]
+            ledger.apply([Created(record.id, batch.id, f"g-p{n}", 10, 0, keep_claim=True)])
+        first, second, _third = claimed  # the third is still rendering: files SQL NULL
+        ledger.apply([RenderFinished(first.id, batch.id, "g-p0", "complete", files=("a.png",))])
+        ledger.apply([RenderFinished(second.id, batch.id, "g-p1", "failed", files=None)])
+        totals = audit.build_audit(ledger, audit.AuditQuery()).totals
+    assert (totals.images, totals.items, totals.credits_charged) == (1, 3, 30)

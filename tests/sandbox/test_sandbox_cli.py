@@ -106,6 +106,8 @@ def test_sandbox_help_names_every_fault_flag_and_endpoint() -> None:
         "--huge-download-bytes",
         "--create-garble",
         "--create-garble-rate",
+        "--poll-garble",
+        "--poll-garble-rate",
         "--drip-seconds",
         "--image-format",
         "--webhook-url",

@@ -29,6 +29,7 @@ from batcher.errors import (
     ApiError,
     AuthError,
     BatcherError,
+    BodyTooLargeError,
     ConfigError,
     ConnectError,
     DownloadExpiredError,
@@ -65,10 +66,12 @@ class Recorder:
         return self.answer(request)
 
 
-def client_for(answer: Handler, key: str | None = KEY) -> tuple[MagicHourClient, Recorder]:
+def client_for(
+    answer: Handler, key: str | None = KEY, **options: Any
+) -> tuple[MagicHourClient, Recorder]:
     recorder = Recorder(answer)
     client = MagicHourClient(
-        ApiConfig(base_url=BASE, api_key=key), transport=httpx.MockTransport(recorder)
+        ApiConfig(base_url=BASE, api_key=key), transport=httpx.MockTransport(recorder), **options
     )
     return client, recorder
 
@@ -326,13 +329,64 @@ async def test_create_success_that_is_not_json_is_in_doubt() -> None:
             await client.create_image(BODY)
 
 
-@pytest.mark.parametrize("credits", [None, "5", 5.5, True])
+@pytest.mark.parametrize("credits", [None, "5", 5.5, True, -5, 10**18, 1e18, float("nan")])
 async def test_create_without_usable_credits_keeps_the_id(credits: Any) -> None:
-    client, _ = client_for(json_answer(200, {"id": "p9", "credits_charged": credits}))
+    body = json.dumps({"id": "p9", "credits_charged": credits}).encode()
+    client, _ = client_for(lambda r: httpx.Response(200, content=body))
     async with client:
-        with pytest.raises(MalformedResponseError) as caught:
+        created = await client.create_image(BODY)
+    assert created.project_id == "p9"
+    assert created.credits_charged is None
+    assert created.charge_problem
+
+
+@pytest.mark.parametrize("status", [204, 301, 302, 304, 101])
+async def test_create_answered_neither_success_nor_error_is_in_doubt(status: int) -> None:
+    client, _ = client_for(lambda r: httpx.Response(status, headers={"location": "/login"}))
+    async with client:
+        with pytest.raises(ResponseLostError, match="may have been charged"):
             await client.create_image(BODY)
-    assert caught.value.project_id == "p9"
+
+
+@pytest.mark.parametrize("announced", [True, False])
+async def test_api_bodies_over_the_cap_are_refused_unread(announced: bool) -> None:
+    sent: list[int] = []
+
+    async def endless() -> Any:
+        yield b'{"id": "p1", "credits_charged": 5, "pad": "'
+        for _ in range(10_000):
+            sent.append(1)
+            yield b"x" * 1024
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-length": str(50 * 1024**2)} if announced else {}
+        return httpx.Response(200, headers=headers, content=endless())
+
+    client, _ = client_for(answer, max_body_bytes=64 * 1024)
+    async with client:
+        with pytest.raises(BodyTooLargeError, match="max-body-bytes"):
+            await client.create_image(BODY)
+        with pytest.raises(ResponseLostError):
+            await client.get_project("p1")
+    assert len(sent) <= 2 * 70  # read no further than the cap
+
+
+async def test_key_scrubbed_before_shortening_any_case_and_in_part() -> None:
+    key = "mhk_live_" + "a1b2c3d4e5f6g7h8i9j0"
+    messages = [
+        "x" * 190 + key,  # straddles the 200-character cut
+        f"bad key {key.upper()}",
+        f"bad key prefix {key[:12]}...",
+    ]
+    for message in messages:
+        client, _ = client_for(json_answer(400, {"message": message}), key=key)
+        async with client:
+            with pytest.raises(ApiError) as caught:
+                await client.create_image(BODY)
+        text = str(caught.value).lower()
+        for start in range(len(key) - 8 + 1):
+            assert key[start : start + 8].lower() not in text, message
+        assert "[redacted]" in text
 
 
 async def test_poll_without_status_is_malformed() -> None:

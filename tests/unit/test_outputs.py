@@ -34,7 +34,10 @@ def test_image_names_are_unique_per_item_and_image() -> None:
 
 
 def test_batch_folder_defaults_to_a_safe_name_under_out() -> None:
-    assert batch_folder(None, "nightly/2026-11-25") == Path("out/nightly_2026-11-25")
+    # A name that had to change gets a short hash: "nightly_2026-11-25" keeps its own folder.
+    lossy = batch_folder(None, "nightly/2026-11-25")
+    assert lossy.parent == Path("out") and lossy.name.startswith("nightly_2026-11-25-")
+    assert batch_folder(None, "nightly_2026-11-25") == Path("out/nightly_2026-11-25")
     assert batch_folder(Path("mine"), "x") == Path("mine")
 
 
@@ -80,14 +83,23 @@ def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
 
 @needs_dev_full
 def test_a_full_disk_under_the_manifest_is_an_output_error(tmp_path: Path) -> None:
-    (tmp_path / "manifest.jsonl").symlink_to(FULL_DEVICE)
     manifest = Manifest(tmp_path)
+    manifest.path = FULL_DEVICE  # a symlink to it would not be followed (O_NOFOLLOW)
     with pytest.raises(OutputError) as caught:
         manifest.write({"key": "a", "state": "complete"})
     manifest.close()
-    assert caught.value.path == str(tmp_path / "manifest.jsonl")
+    assert caught.value.path == str(FULL_DEVICE)
     assert caught.value.reason == "No space left on device"
     assert caught.value.exit_code == 1
+
+
+def test_a_planted_manifest_symlink_is_never_written_through(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep\n")
+    (tmp_path / "manifest.jsonl").symlink_to(target)
+    with pytest.raises(OutputError, match="symbolic link"):
+        Manifest(tmp_path).write({"key": "a"})
+    assert target.read_text() == "keep\n"
 
 
 def test_a_manifest_folder_that_cannot_be_made_is_an_output_error(tmp_path: Path) -> None:

@@ -169,8 +169,8 @@ async def test_manifest_lines_carry_what_the_item_was(ledger: Ledger, tmp_path: 
 async def test_a_manifest_that_cannot_be_written_is_warned_about_once(
     ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (tmp_path / "manifest.jsonl").symlink_to(FULL_DEVICE)
     state = make_state(ledger, tmp_path)
+    state._manifest.path = FULL_DEVICE  # every write fails as on a full disk
     caplog.set_level(logging.WARNING, logger="batcher.run.state")
     for key in ("a", "b", "c"):
         state.write_manifest(item(key), "complete")  # never raises
