@@ -127,6 +127,7 @@ def plan_document(plans: Sequence[Plan]) -> dict[str, Any]:
                         "line": entry.line,
                         "template": entry.template,
                         "combinations": entry.combinations,
+                        "vars": list(entry.vars),
                         "sample": list(entry.sample),
                     }
                     for entry in plan.entries

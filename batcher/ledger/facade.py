@@ -22,8 +22,9 @@ from typing import Any
 
 from batcher.errors import LedgerMissingError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import batches, claims, engine, reviews, writes
+from batcher.ledger import batches, claims, engine, kinds, reviews, writes
 from batcher.ledger import credits as credit_rows  # `credits` is a parameter name below
+from batcher.ledger.kinds import Kind, KindItems, SeenPrice
 from batcher.ledger.models import utcnow
 from batcher.ledger.reviews import ItemCredits, ReviewCounts, ReviewedImage, ReviewRecord
 from batcher.ledger.transactions import Clock, Database
@@ -268,6 +269,18 @@ class Ledger:
     def observed_charges(self, batch_id: int) -> dict[tuple[str, str | None, int], int]:
         """The highest charge seen per (model, resolution, image_count) in this batch."""
         return credit_rows.observed_charges(self._db, batch_id)
+
+    def learned_prices(self) -> dict[Kind, SeenPrice]:
+        """The latest charge per (model, resolution, image_count), over every batch."""
+        return kinds.learned_prices(self._db)
+
+    def batch_kinds(self, batch_id: int, *, per_kind: int) -> list[KindItems]:
+        """The batch's kinds in job order, with their first pending items and counts."""
+        return kinds.batch_kinds(self._db, batch_id, per_kind=per_kind)
+
+    def var_names(self, batch_id: int) -> tuple[str, ...]:
+        """The variable and matrix names the batch's items carry, in order of first use."""
+        return kinds.var_names(self._db, batch_id)
 
     def credit_snapshot(
         self, window: CreditWindow, groupings: Sequence[Sequence[str]]
