@@ -32,8 +32,10 @@ from batcher.errors import ConfigError, JobFileError
 from batcher.jobfile.catalog import CATALOG_ENV, load_catalog
 from batcher.jobfile.loader import collect_jobs
 from batcher.jobfile.plan import build_plan
+from batcher.jobfile.pricing import Kind, SeenPrice
 from batcher.jobfile.results import JobCheck, PlanReport, Validation
 from batcher.settings import (
+    DATABASE_URL_ENV,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_RENDER_RETRIES,
@@ -130,11 +132,15 @@ def plan(
     catalog: PathLike | None = None,
     batch_name: str | None = None,
     max_items: int | None = None,
+    db: str | None = None,
     env: Environ = None,
 ) -> PlanReport:
     """Items, images and estimated credits per model of each job file; nothing sent.
 
-    Raises JobFileError (every problem of every bad file) when any file is bad.
+    With a ledger (`db`, or BATCHER_DATABASE_URL), kinds it has seen charged are
+    estimated at their latest charge ("seen on DATE"); other kinds keep the
+    catalog's figure. Raises JobFileError (every problem of every bad file) when
+    any file is bad.
     """
     paths = _paths(jobs)
     chosen = load_catalog(_catalog_path(catalog, env))
@@ -146,10 +152,24 @@ def plan(
             bad_files=len(paths) - len(loaded),
             warnings=[warning for job in loaded for warning in job.warnings],
         )
+    seen = _learned_prices(db, env)
     return PlanReport(
-        tuple(build_plan(job, chosen) for job in loaded),
+        tuple(build_plan(job, chosen, seen) for job in loaded),
         tuple(warning for job in loaded for warning in job.warnings),
     )
+
+
+def _learned_prices(db: str | None, env: Environ) -> Mapping[Kind, SeenPrice]:
+    """The charges seen per kind in the ledger named by `db` or the environment;
+    none without one (plan stays offline), or when its file does not exist yet."""
+    environ = os.environ if env is None else env
+    if db is None and not environ.get(DATABASE_URL_ENV):
+        return {}
+    from batcher.ledger import Ledger
+
+    ledger, _found = Ledger.open_for_report(database_url(db, env))
+    with ledger:
+        return ledger.learned_prices()
 
 
 # --------------------------------------------------------------------------- sending
@@ -176,6 +196,8 @@ async def run_many_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    canary: int | None = None,
+    yes: bool = False,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -189,7 +211,11 @@ async def run_many_async(
     `sandbox`: run against a local emulator started for the call (no key, no
     credits). `metadata=False` leaves every image byte for byte as downloaded
     (no provenance chunks); `max_image_bytes` caps each download; `gallery=False`
-    skips refreshing the batch's gallery page at the end. `handle_signals`: the
+    skips refreshing the batch's gallery page at the end. `canary=N` sends N
+    items first (one of each model, resolution and image count before any
+    repeat), reports them to `observer.canary_finished`, and sends the rest only
+    when it fits the budget and the balance at the charges seen and `yes` is
+    True or `observer.confirm_canary` says yes. `handle_signals`: the
     first SIGINT/SIGTERM stops sending and records the creates in flight (exit
     code 130/143), the second aborts them; only on the main thread.
     """
@@ -211,6 +237,8 @@ async def run_many_async(
         preflight=preflight,
         resend_unconfirmed=resend_unconfirmed,
         retry_failed=retry_failed,
+        canary=canary,
+        yes=yes,
     )
     context = Context.resolve(
         db=db,
@@ -251,6 +279,8 @@ async def run_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    canary: int | None = None,
+    yes: bool = False,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -290,6 +320,8 @@ async def run_async(
         preflight=preflight,
         resend_unconfirmed=resend_unconfirmed,
         retry_failed=retry_failed,
+        canary=canary,
+        yes=yes,
         db=db,
         catalog=catalog,
         base_url=base_url,
@@ -319,6 +351,8 @@ async def resume_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    canary: int | None = None,
+    yes: bool = False,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -355,6 +389,8 @@ async def resume_async(
             preflight=preflight,
             resend_unconfirmed=resend_unconfirmed,
             retry_failed=retry_failed,
+            canary=canary,
+            yes=yes,
         ),
         context=Context.resolve(
             db=db,

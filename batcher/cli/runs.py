@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import click
 
 from batcher import library
-from batcher.cli.options import max_items_option, requeue_options, run_options
+from batcher.cli.options import canary_options, max_items_option, requeue_options, run_options
 from batcher.errors import EXIT_TERMINATED
 from batcher.reports.run_summary import worst_exit_code
 from batcher.terminal.run_views import TerminalRunObserver
@@ -56,6 +56,7 @@ def _prepare(ctx: click.Context) -> TerminalRunObserver:
 @max_items_option
 @run_options
 @requeue_options
+@canary_options
 @click.pass_context
 def run(ctx: click.Context, /, jobs: tuple[str, ...], **flags: Any) -> None:
     """Validate, plan and run every pending item of the job files.
@@ -76,6 +77,7 @@ def run(ctx: click.Context, /, jobs: tuple[str, ...], **flags: Any) -> None:
 )
 @run_options
 @requeue_options
+@canary_options
 @click.pass_context
 def resume(ctx: click.Context, /, batch_name: str, **flags: Any) -> None:
     """Run again what is pending, failed-and-retryable or interrupted in a batch.

@@ -16,7 +16,7 @@ so tests pin time without patching anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -238,10 +238,17 @@ class Ledger:
         states: Sequence[str],
         limit: int,
         lease_until: datetime,
+        only: Collection[int] | None = None,
     ) -> list[ItemRecord]:
-        """Take up to `limit` unclaimed items in `states`, in job order."""
+        """Take up to `limit` unclaimed items in `states`, in job order (among `only`)."""
         return claims.claim(
-            self._db, batch_id, worker_id, states=states, limit=limit, lease_until=lease_until
+            self._db,
+            batch_id,
+            worker_id,
+            states=states,
+            limit=limit,
+            lease_until=lease_until,
+            only=only,
         )
 
     def stale_leases(self, batch_ids: Sequence[int]) -> dict[int, int]:
@@ -277,6 +284,10 @@ class Ledger:
     def batch_kinds(self, batch_id: int, *, per_kind: int) -> list[KindItems]:
         """The batch's kinds in job order, with their first pending items and counts."""
         return kinds.batch_kinds(self._db, batch_id, per_kind=per_kind)
+
+    def items_by_id(self, ids: Sequence[int]) -> list[ItemRecord]:
+        """The items of `ids`, in job order."""
+        return kinds.items_by_id(self._db, ids)
 
     def var_names(self, batch_id: int) -> tuple[str, ...]:
         """The variable and matrix names the batch's items carry, in order of first use."""

@@ -10,25 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, select, text
 
+from batcher.jobfile.pricing import Kind, SeenPrice
+
+__all__ = [
+    "Kind",
+    "KindItems",
+    "SeenPrice",
+    "batch_kinds",
+    "items_by_id",
+    "learned_prices",
+    "var_names",
+]
+from batcher.ledger.batches import item_record
 from batcher.ledger.tables import CREDITS, ITEMS
 from batcher.ledger.transactions import Database
-
-Kind = tuple[str, str | None, int]  # (model, resolution, image_count)
+from batcher.ledger.values import ItemRecord
 
 _KIND = (ITEMS.c.model, ITEMS.c.resolution, ITEMS.c.image_count)
-
-
-@dataclass(frozen=True, slots=True)
-class SeenPrice:
-    """The latest charge recorded for one create of a kind, anywhere in the ledger."""
-
-    credits: int
-    seen_at: datetime  # when it was charged (UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +131,11 @@ def var_names(db: Database, batch_id: int) -> tuple[str, ...]:
     query = text(_VAR_NAMES["postgresql" if db.postgres else "sqlite"])
     rows = db.read(lambda conn: conn.execute(query, {"batch_id": batch_id}).all())
     return tuple(str(row[0]) for row in rows)
+
+
+def items_by_id(db: Database, ids: Sequence[int]) -> list[ItemRecord]:
+    """The items of `ids` (any batch), in job order."""
+    if not ids:
+        return []
+    query = select(ITEMS).where(ITEMS.c.id.in_(list(ids))).order_by(ITEMS.c.ordinal)
+    return [item_record(row) for row in db.read(lambda conn: conn.execute(query).all())]

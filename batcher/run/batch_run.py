@@ -79,6 +79,8 @@ class RunOptions:
     # Poll every known render before sending (resume's promise). A worker joining
     # a --no-wait batch skips it: the renders its peers just submitted are theirs.
     poll_known_first: bool = True
+    # A canary: send only these pending items (ids); None sends every pending one.
+    only_items: frozenset[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,7 @@ class BatchRun:
             heartbeat_s=options.heartbeat_s,
             wait=options.wait,
             poll_known_first=options.poll_known_first,
+            only=options.only_items,
         )
 
     # ------------------------------------------------------------------ control

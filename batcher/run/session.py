@@ -39,6 +39,8 @@ from batcher.reports.gallery import PAGE_NAME, gallery_folder, write_gallery
 from batcher.reports.run_summary import RunStats, RunSummary, exit_code
 from batcher.run import prepare
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
+from batcher.run.canary import check_canary, continue_command
+from batcher.run.canary_run import CanaryStep, run_with_canary
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress
@@ -85,8 +87,11 @@ class SendSettings:
     # batch as it is.
     resend_unconfirmed: bool = False
     retry_failed: bool = False
+    canary: int | None = None  # send this many items first and report (batcher.run.canary)
+    yes: bool = False  # after a canary that fits, go on without asking
 
     def __post_init__(self) -> None:
+        check_canary(self.canary, wait=self.wait)
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.rate is not None and self.rate <= 0:
@@ -295,11 +300,41 @@ async def drive(
         if settings.preflight:
             report = await prepare.preflight(client, ledger, batch, catalog)
             warn(report.warning)
-        run = prepare.new_run(ledger, client, batch, options)
-        counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
-        todo = sum(n for state, n in counts.items() if state != "complete")
-        progress = RunProgress(batch.name, todo, options.wait, run)
-        result = await _run_beside(progress, observer, signals, context.handle_signals)
+
+        async def run_part(part: RunOptions) -> RunResult:
+            run = prepare.new_run(ledger, client, batch, part)
+            counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
+            todo = sum(n for state, n in counts.items() if state != "complete")
+            if part.only_items is not None:  # a canary settles its own items only
+                todo = min(todo, len(part.only_items) + counts.get("submitted", 0))
+            progress = RunProgress(batch.name, todo, part.wait, run)
+            return await _run_beside(progress, observer, signals, context.handle_signals)
+
+        async def refresh(part: RunResult) -> Path | None:
+            return await refresh_gallery(ledger, batch, settings, part, warn)
+
+        if settings.canary is None:
+            result = await run_part(options)
+        else:
+            step = CanaryStep(
+                ledger,
+                client,
+                batch,
+                catalog,
+                settings.canary,
+                settings.yes,
+                observer,
+                warn,
+                batch_folder(settings.out, batch.name) if settings.download else None,
+                continue_command(
+                    batch.name,
+                    context.db_url,
+                    settings.out,
+                    endpoint.label,
+                    endpoint.api.base_url,
+                ),
+            )
+            result = await run_with_canary(step, options, run_part, refresh)
     gallery = await refresh_gallery(ledger, batch, settings, result, warn)
     finished_at = utcnow()
     summary = await anyio.to_thread.run_sync(
