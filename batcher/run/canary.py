@@ -72,27 +72,31 @@ def continue_command(
     return shlex.join(words)
 
 
-def choose_canary(kinds: Sequence[KindItems], n: int) -> tuple[int, ...]:
+def choose_canary(kinds: Sequence[KindItems], n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The pending items to send first so that N items (complete ones included)
     cover every kind once before any kind repeats: each time, the kind with the
     fewest items so far (first in job order on a tie) gives its next pending item.
 
-    `kinds` come in job order, each with enough pending ids (`n` of them).
+    Returned as (firsts, repeats): the items of kinds not covered yet, then the
+    others. The runner sends the repeats only once the firsts were created, so
+    that even concurrent creates reach the API one of each kind first. `kinds`
+    come in job order, each with enough pending ids (`n` of them).
     """
     have = [kind.complete for kind in kinds]
     taken = [0] * len(kinds)
     left = n - sum(have)
-    chosen: list[int] = []
+    firsts: list[int] = []
+    repeats: list[int] = []
     while left > 0:
         open_kinds = [i for i, kind in enumerate(kinds) if taken[i] < len(kind.pending_ids)]
         if not open_kinds:
             break
         index = min(open_kinds, key=lambda i: (have[i], i))
-        chosen.append(kinds[index].pending_ids[taken[index]])
+        (repeats if have[index] else firsts).append(kinds[index].pending_ids[taken[index]])
         taken[index] += 1
         have[index] += 1
         left -= 1
-    return tuple(chosen)
+    return tuple(firsts), tuple(repeats)
 
 
 def kind_settings(kind: Kind) -> ItemSettings:

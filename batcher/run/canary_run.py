@@ -65,14 +65,20 @@ async def run_with_canary(
     says yes; otherwise the canary's result, stopped with the reason."""
     ledger, batch = step.ledger, step.batch
     kinds = await in_thread(ledger.batch_kinds, batch.id, per_kind=step.count)
-    chosen = choose_canary(kinds, step.count)
+    firsts, repeats = choose_canary(kinds, step.count)
+    chosen = firsts + repeats
     kind_of_id = {item_id: kind.kind for kind in kinds for item_id in kind.pending_ids}
     counts: Counter[Kind] = Counter(kind_of_id[item_id] for item_id in chosen)
     for kind in kinds:
         counts[kind.kind] += kind.complete
     before = Prices(step.catalog, await in_thread(ledger.learned_prices))
 
-    first = await run_part(replace(options, only_items=frozenset(chosen)))
+    # One of each kind first, the repeats after: concurrent creates of one part
+    # reach the API in any order.
+    first = await run_part(replace(options, only_items=frozenset(firsts)))
+    if repeats and first.stopped is None:
+        more = await run_part(replace(options, only_items=frozenset(repeats)))
+        first = replace(more, counters=merge_counters(first.counters, more.counters))
     if first.stopped is not None:
         return first  # interrupted, out of budget...: the usual ending
     report = await _report(step, first, chosen, counts, before, refresh)
