@@ -513,8 +513,8 @@ async def rerun_batch(
             observer.prepared(
                 prepare.PreparedBatch(batch, added, RequeueCounts()), display_url(context.db_url)
             )
-            # The canary (`run --canary N`, from the canary branch) goes here once
-            # SendSettings carries it: drive() runs it for a rerun as for `run`.
+            # A rerun's settings carry a canary when its caller asks for one:
+            # drive() runs it for a rerun as for `run`.
             try:
                 summary = await drive(
                     ledger,

@@ -225,3 +225,28 @@ def test_plan_uses_the_prices_seen_in_the_ledger(tmp_path: Path, external_sandbo
     assert f"seen on {turbo['seen_on']}" in turbo_line
     qwen_line = next(line for line in table.stdout.splitlines() if "qwen-image-2.1" in line)
     assert "lower bound" in qwen_line
+
+
+def test_the_readme_walk_through_on_the_matrix_example(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "jobs" / "matrix-example.yaml"
+    args = batcher_command(
+        "-q",
+        "run",
+        str(example),
+        "--sandbox",
+        "--canary",
+        "3",
+        "--db",
+        f"sqlite:///{tmp_path / 'ledger.db'}",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    done = cli(args)
+    assert done.returncode == 0, done.stderr
+    flat = " ".join(done.stderr.split())
+    assert "the rest: 35 item(s), about 180 credits at the charges just seen" in flat
+    assert "35 item(s) not sent yet" in flat
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    done = cli([*args, "--yes"])
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 38
