@@ -56,15 +56,23 @@ def check_canary(count: int | None, *, wait: bool) -> None:
 
 
 def continue_command(
-    batch: str, db_url: str, out: Path | None, endpoint_label: str, base_url: str
+    batch: str,
+    db_url: str,
+    out: Path | None,
+    endpoint_label: str,
+    base_url: str,
+    *,
+    download: bool = True,
 ) -> str:
     """The command that sends the rest of the batch later, as the user would type it
-    (the ledger's password hidden)."""
+    (the ledger's password hidden), with the flags that say where things are."""
     words = ["batcher", "resume", batch]
     if db_url != DEFAULT_DATABASE_URL:
         words += ["--db", display_url(db_url)]
     if out is not None:
         words += ["--out", str(out)]
+    if not download:
+        words.append("--no-download")
     if endpoint_label == SANDBOX_ENDPOINT:
         words.append("--sandbox")
     elif base_url != DEFAULT_BASE_URL:

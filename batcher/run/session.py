@@ -332,6 +332,7 @@ async def drive(
                     settings.out,
                     endpoint.label,
                     endpoint.api.base_url,
+                    download=settings.download,
                 ),
             )
             result = await run_with_canary(step, options, run_part, refresh)

@@ -104,6 +104,10 @@ def test_the_command_that_continues() -> None:
         continue_command("my batch", "postgresql://u:secret@h/db", Path("o"), "sandbox", "x")
         == "batcher resume 'my batch' --db 'postgresql://u:***@h/db' --out o --sandbox"
     )
+    assert (
+        continue_command("b", "sqlite:///batcher.db", None, "http://x", "http://x", download=False)
+        == "batcher resume b --no-download --base-url http://x"
+    )
 
 
 def test_a_canary_needs_one_item_and_waiting() -> None:
