@@ -114,14 +114,19 @@ def batch_kinds(db: Database, batch_id: int, *, per_kind: int) -> list[KindItems
     return db.read(work)
 
 
+# A name's place: the first item carrying it (job order), then its position in
+# that item's object (JSON keeps the expansion order); the factor keeps the two
+# apart for any object a job file can make.
 _VAR_NAMES = {
     "sqlite": (
-        "SELECT j.key AS name, MIN(i.ordinal) AS first FROM items AS i, json_each(i.vars) AS j "
-        "WHERE i.batch_id = :batch_id AND i.vars IS NOT NULL GROUP BY j.key ORDER BY first"
+        "SELECT j.key AS name, MIN(i.ordinal * 1000000 + j.id) AS place "
+        "FROM items AS i, json_each(i.vars) AS j "
+        "WHERE i.batch_id = :batch_id AND i.vars IS NOT NULL GROUP BY j.key ORDER BY place"
     ),
     "postgresql": (
-        "SELECT k AS name, MIN(i.ordinal) AS first FROM items AS i, json_object_keys(i.vars) AS k "
-        "WHERE i.batch_id = :batch_id AND i.vars IS NOT NULL GROUP BY k ORDER BY first"
+        "SELECT k.name AS name, MIN(i.ordinal * 1000000 + k.position) AS place "
+        "FROM items AS i, json_object_keys(i.vars) WITH ORDINALITY AS k(name, position) "
+        "WHERE i.batch_id = :batch_id AND i.vars IS NOT NULL GROUP BY k.name ORDER BY place"
     ),
 }
 
