@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import anyio.to_thread
-
 from batcher.client import retry
 from batcher.client.magic_hour import MagicHourClient
 from batcher.errors import ApiError, AuthError, TransportError
@@ -92,7 +90,7 @@ async def run_with_canary(
         return replace(first, stopped=reason, stop_detail=problem, unsent=report.remaining)
     if not report.remaining:
         return first
-    if not step.yes and not await _confirmed(step.observer, report):
+    if not step.yes and not _confirmed(step.observer, report):
         return replace(
             first,
             stopped=STOP_CANARY,
@@ -103,10 +101,11 @@ async def run_with_canary(
     return replace(rest, counters=merge_counters(first.counters, rest.counters))
 
 
-async def _confirmed(observer: RunObserver, report: CanaryReport) -> bool:
-    """The caller's answer; no answer (nobody to ask) is no."""
-    answer: bool | None = await anyio.to_thread.run_sync(observer.confirm_canary, report)
-    return bool(answer)
+def _confirmed(observer: RunObserver, report: CanaryReport) -> bool:
+    """The caller's answer; no answer (nobody to ask) is no. Asked on this thread,
+    with nothing else of the run going: a Ctrl-C at a terminal's prompt reaches
+    the prompt (a worker thread would leave the process waiting for its input)."""
+    return bool(observer.confirm_canary(report))
 
 
 async def _report(

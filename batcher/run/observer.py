@@ -60,7 +60,8 @@ class RunObserver:
         """Ask whether to send the rest after a canary that fits the budget and the
         balance: True to go on, False to stop, None when nobody can be asked (the
         default: the run stops and `report.continue_command` goes on later). Called
-        in a worker thread: it may block on the user."""
+        between the canary and the rest, with nothing of the run going: it may
+        block on the user."""
         return None
 
     def finished(self, summary: RunSummary) -> None:

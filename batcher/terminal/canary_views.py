@@ -3,16 +3,20 @@ estimate, where its images are, the rest re-estimated, and the question."""
 
 from __future__ import annotations
 
+import select
+import signal
 import sys
+import threading
 from typing import Final
 
-import click
 from rich.table import Table
 from rich.text import Text
 
 from batcher.run.canary import CanaryReport
 from batcher.terminal import console as output
 
+YES: Final = frozenset({"y", "yes"})
+PROMPT_SLICE_S: Final = 0.2  # how often a prompt waiting for an answer looks at signals
 IMAGES_LISTED: Final = 8  # canary images named one by one; the folder says where the rest are
 
 
@@ -72,11 +76,30 @@ def canary_lines(report: CanaryReport) -> list[str]:
 
 
 def ask(report: CanaryReport) -> bool | None:
-    """On a terminal, the question (no by default); elsewhere None: nobody to ask."""
+    """On a terminal, the question (no by default); elsewhere None: nobody to ask.
+    Ctrl-C or the end of input at the prompt is no."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
-    question = report.question().removesuffix(" [y/N]")
+    # The event loop's runner holds SIGINT (it only cancels its task, which waits
+    # for this prompt): Ctrl-C must reach the prompt itself, from before it shows.
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     try:
-        return click.confirm(question, default=False, err=True)
-    except click.Abort:  # end of input or Ctrl-C at the prompt: no
-        return False
+        output.stderr.print(f"{report.question()} ", end="", markup=False, highlight=False)
+        line = _read_line()
+    except KeyboardInterrupt:
+        line = ""
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
+    if not line.endswith("\n"):
+        output.stderr.print()  # Ctrl-C or end of input: end the prompt's line
+    return line.strip().lower() in YES
+
+
+def _read_line() -> str:
+    """A line of stdin, waiting in short slices: a SIGINT the kernel hands to
+    another thread interrupts no blocking read, but is seen between two slices."""
+    while not select.select([sys.stdin], [], [], PROMPT_SLICE_S)[0]:
+        pass
+    return sys.stdin.readline()

@@ -10,9 +10,12 @@ import json
 import os
 import pty
 import re
+import select
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -131,8 +134,9 @@ def test_complete_items_count_towards_n_and_yes_goes_on(
     assert "canary of batch canaried" in done.stderr
 
 
-def on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
-    """Run `args` with a pseudo-terminal as stdin and stderr; answer the question."""
+def on_a_terminal(args: list[str], answer: bytes | None) -> tuple[int | None, str]:
+    """Run `args` with a pseudo-terminal as stdin and stderr; answer the question
+    (None: press Ctrl-C at it). The exit code, None if it did not end in time."""
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         args, env=env(), stdin=terminal, stdout=subprocess.DEVNULL, stderr=terminal
@@ -140,25 +144,39 @@ def on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
     os.close(terminal)
     seen = b""
     answered = False
-    while True:
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                seen += chunk
+            elif process.poll() is not None:
+                break
+            if not answered and b"[y/N]" in seen:
+                if answer is None:
+                    process.send_signal(signal.SIGINT)
+                else:
+                    os.write(controller, answer)
+                answered = True
         try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if not answered and b"[y/N]" in seen:
-            os.write(controller, answer)
-            answered = True
-    os.close(controller)
-    code = process.wait(timeout=120)
+            code: int | None = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
     return code, seen.decode("utf-8", "replace")
 
 
-@pytest.mark.parametrize(("answer", "creates"), [(b"y\n", ITEMS), (b"n\n", 3)])
+@pytest.mark.parametrize(("answer", "creates"), [(b"y\n", ITEMS), (b"n\n", 3), (None, 3)])
 def test_on_a_terminal_it_asks(
-    tmp_path: Path, external_sandbox: Any, answer: bytes, creates: int
+    tmp_path: Path, external_sandbox: Any, answer: bytes | None, creates: int
 ) -> None:
     sandbox = external_sandbox("--render-seconds", "0.05")
     job = write(tmp_path)
