@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from batcher import library
-from batcher.cli.options import db_option, max_items_option
+from batcher.cli.options import max_items_option
 from batcher.errors import EXIT_INPUT
 from batcher.jobfile.catalog import CATALOG_ENV
+from batcher.settings import DATABASE_URL_ENV
 from batcher.terminal import job_views
 
 catalog_option = click.option(
@@ -52,7 +53,13 @@ def validate(
     help="Batch name instead of the job file's name (placeholders {date} and {job} apply).",
 )
 @max_items_option
-@db_option
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help=f"A ledger whose charges seen per model, resolution and image count replace the "
+    f"catalog's estimates [env {DATABASE_URL_ENV}; default: none, the catalog only].",
+)
 def plan(
     job_files: tuple[str, ...],
     as_json: bool,
