@@ -268,3 +268,27 @@ def test_the_readme_walk_through_on_the_matrix_example(tmp_path: Path) -> None:
     done = cli([*args, "--yes"])
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "out").glob("*.png"))) == 38
+
+
+def test_resume_takes_a_canary_too(tmp_path: Path, external_sandbox: Any) -> None:
+    sandbox = external_sandbox("--render-seconds", "0.05")
+    done = cli(run_args(tmp_path, sandbox, write(tmp_path), "--canary", "1"))
+    assert done.returncode == 0, done.stderr
+    resume = batcher_command(
+        "-q",
+        "resume",
+        "canaried",
+        "--canary",
+        "2",
+        "--base-url",
+        sandbox.base_url,
+        "--db",
+        f"sqlite:///{tmp_path / 'ledger.db'}",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    done = cli(resume)
+    assert done.returncode == 0, done.stderr
+    journal = sandbox.journal()
+    assert len(set(kinds(journal))) == len(journal) == 2  # one more, of another kind
+    assert "8 item(s) not sent yet" in " ".join(done.stderr.split())
