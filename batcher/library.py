@@ -32,8 +32,10 @@ from batcher.errors import ConfigError, JobFileError
 from batcher.jobfile.catalog import CATALOG_ENV, load_catalog
 from batcher.jobfile.loader import collect_jobs
 from batcher.jobfile.plan import build_plan
+from batcher.jobfile.pricing import Kind, SeenPrice
 from batcher.jobfile.results import JobCheck, PlanReport, Validation
 from batcher.settings import (
+    DATABASE_URL_ENV,
     DEFAULT_CONCURRENCY,
     database_url,
 )
@@ -128,11 +130,15 @@ def plan(
     catalog: PathLike | None = None,
     batch_name: str | None = None,
     max_items: int | None = None,
+    db: str | None = None,
     env: Environ = None,
 ) -> PlanReport:
     """Items, images and estimated credits per model of each job file; nothing sent.
 
-    Raises JobFileError (every problem of every bad file) when any file is bad.
+    With a ledger (`db`, or BATCHER_DATABASE_URL), kinds it has seen charged are
+    estimated at their latest charge ("seen on DATE"); other kinds keep the
+    catalog's figure. Raises JobFileError (every problem of every bad file) when
+    any file is bad.
     """
     paths = _paths(jobs)
     chosen = load_catalog(_catalog_path(catalog, env))
@@ -144,10 +150,24 @@ def plan(
             bad_files=len(paths) - len(loaded),
             warnings=[warning for job in loaded for warning in job.warnings],
         )
+    seen = _learned_prices(db, env)
     return PlanReport(
-        tuple(build_plan(job, chosen) for job in loaded),
+        tuple(build_plan(job, chosen, seen) for job in loaded),
         tuple(warning for job in loaded for warning in job.warnings),
     )
+
+
+def _learned_prices(db: str | None, env: Environ) -> Mapping[Kind, SeenPrice]:
+    """The charges seen per kind in the ledger named by `db` or the environment;
+    none without one (plan stays offline), or when its file does not exist yet."""
+    environ = os.environ if env is None else env
+    if db is None and not environ.get(DATABASE_URL_ENV):
+        return {}
+    from batcher.ledger import Ledger
+
+    ledger, _found = Ledger.open_for_report(database_url(db, env))
+    with ledger:
+        return ledger.learned_prices()
 
 
 # --------------------------------------------------------------------------- sending
@@ -168,7 +188,11 @@ async def run_many_async(
     credits). The other settings are the flags of `batcher run`, as keywords
     (batcher.run.call_settings.RunArgs lists them): e.g. `concurrency=8`,
     `budget=500`, `metadata=False` (images byte for byte as downloaded),
-    `gallery=False` (no gallery refresh at the end), `handle_signals` (the
+    `gallery=False` (no gallery refresh at the end), `canary=N` (send N items
+    first, one of each model, resolution and image count before any repeat,
+    report them to `observer.canary_finished`, and send the rest only when it
+    fits the budget and the balance at the charges seen and `yes` is True or
+    `observer.confirm_canary` says yes), `handle_signals` (the
     first SIGINT/SIGTERM stops sending and records the creates in flight, exit
     code 130/143, the second aborts them; only on the main thread).
     """

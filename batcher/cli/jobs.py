@@ -8,6 +8,7 @@ from batcher import library
 from batcher.cli.options import max_items_option
 from batcher.errors import EXIT_INPUT
 from batcher.jobfile.catalog import CATALOG_ENV
+from batcher.settings import DATABASE_URL_ENV
 from batcher.terminal import job_views
 
 catalog_option = click.option(
@@ -51,21 +52,35 @@ def validate(
     help="Batch name instead of the job file's name (placeholders {date} and {job} apply).",
 )
 @max_items_option
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help=f"A ledger whose charges seen per model, resolution and image count replace the "
+    f"catalog's estimates [env {DATABASE_URL_ENV}; default: none, the catalog only].",
+)
 def plan(
     job_files: tuple[str, ...],
     as_json: bool,
     catalog_path: str | None,
     batch_name: str | None,
     max_items: int | None,
+    db_url: str | None,
 ) -> None:
     """Show items, images and estimated credits per model, and the budget.
 
     Estimates are lower bounds where the price is not known in advance (the
     server picks the model or resolution, or a resolution above the model's
-    lowest); the plan marks them. Sends nothing and needs no API key.
+    lowest); the plan marks them. With a ledger (--db), kinds it has seen
+    charged are estimated at their latest charge, marked "seen on DATE". Sends
+    nothing and needs no API key.
     """
     report = library.plan(
-        list(job_files), catalog=catalog_path, batch_name=batch_name, max_items=max_items
+        list(job_files),
+        catalog=catalog_path,
+        batch_name=batch_name,
+        max_items=max_items,
+        db=db_url,
     )
     job_views.print_plan(report, as_json=as_json)
 

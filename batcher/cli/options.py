@@ -94,6 +94,22 @@ requeue_options = _stack(
     ),
 )
 
+# `run --canary N` and `resume --canary N` (batcher.run.canary).
+canary_options = _stack(
+    click.option(
+        "--canary",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Send N items first (one of each model, resolution and image count before "
+        "any repeat), wait for them, report their cost, then ask before sending the rest.",
+    ),
+    click.option(
+        "--yes",
+        is_flag=True,
+        help="After a --canary that fits the budget and the balance, send the rest without asking.",
+    ),
+)
+
 run_options = _stack(
     click.option(
         "--concurrency",

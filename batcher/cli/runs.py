@@ -11,7 +11,13 @@ from typing import Any, NoReturn
 import click
 
 from batcher import library
-from batcher.cli.options import max_items_option, report_options, requeue_options, run_options
+from batcher.cli.options import (
+    canary_options,
+    max_items_option,
+    report_options,
+    requeue_options,
+    run_options,
+)
 from batcher.errors import EXIT_TERMINATED
 from batcher.run.summary import RunSummary, summary_json, worst_exit_code
 from batcher.terminal import console as output
@@ -79,6 +85,7 @@ def _report(observer: TerminalRunObserver, summaries: Sequence[RunSummary]) -> N
 @run_options
 @requeue_options
 @report_options
+@canary_options
 @click.pass_context
 def run(ctx: click.Context, /, jobs: tuple[str, ...], **flags: Any) -> None:
     """Validate, plan and run every pending item of the job files.
@@ -101,6 +108,7 @@ def run(ctx: click.Context, /, jobs: tuple[str, ...], **flags: Any) -> None:
 @run_options
 @requeue_options
 @report_options
+@canary_options
 @click.pass_context
 def resume(ctx: click.Context, /, batch_name: str, **flags: Any) -> None:
     """Run again what is pending, failed-and-retryable or interrupted in a batch.

@@ -385,6 +385,7 @@ class JobBuilder:
             entry.combinations,
             expansion.sample(),
             entry.axes,
+            expansion.var_names,
         )
         self.templates.append(summary)
 

@@ -64,6 +64,13 @@ class Expansion:
             values = dict(zip(names, chain(combination), strict=True))
             yield render(values).strip(), values
 
+    @property
+    def var_names(self) -> tuple[str, ...]:
+        """What every item's `vars` holds: the variables in axis order, then the
+        matrix settings in file order."""
+        matrix_names = tuple(self.matrix[0][0]) if self.matrix else ()
+        return tuple(name for axis in self.axes for name in axis.names) + matrix_names
+
     def sample(self) -> tuple[str, ...]:
         return tuple(prompt for prompt, _ in itertools.islice(self.prompts(), SAMPLE_SIZE))
 

@@ -54,6 +54,7 @@ class TemplateSummary:
     combinations: int
     sample: tuple[str, ...]  # the first prompts it makes (three at most)
     axes: str = ""  # what `combinations` is the product of: "color 3 x model 2"
+    vars: tuple[str, ...] = ()  # the names in each item's `vars`, in expansion order
 
 
 @dataclass(frozen=True)

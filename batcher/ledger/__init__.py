@@ -10,6 +10,7 @@ The schema is declared in models.py and migrated by migrate.py.
 
 from batcher.ledger.engine import DEFAULT_BUSY_TIMEOUT_S, display_url
 from batcher.ledger.facade import Ledger
+from batcher.ledger.kinds import Kind, KindItems, SeenPrice
 from batcher.ledger.models import utcnow
 from batcher.ledger.reviews import (
     VERDICTS,
@@ -76,6 +77,8 @@ __all__ = [
     "GroupValue",
     "ItemCredits",
     "ItemRecord",
+    "Kind",
+    "KindItems",
     "KnownProject",
     "Ledger",
     "LedgerOp",
@@ -88,6 +91,7 @@ __all__ = [
     "ReviewRecord",
     "ReviewedImage",
     "SavedFile",
+    "SeenPrice",
     "SendFailed",
     "SyncResult",
     "WorkerRecord",

@@ -27,6 +27,7 @@ from batcher.ledger.values import (
     RequeueCounts,
     SyncResult,
     files_from_json,
+    vars_from_json,
 )
 
 INSERT_CHUNK = 1000
@@ -456,6 +457,7 @@ def item_record(row: Row[Any]) -> ItemRecord:
         source_path=row.source_path,
         source_line=row.source_line,
         file_details=files,
+        vars=vars_from_json(row.vars),
     )
 
 
@@ -477,6 +479,7 @@ def _item_row(
         "project_name": project_name,
         "source_path": item.path,
         "source_line": item.line,
+        "vars": dict(item.vars) or None,
         "estimate": estimate,
         "estimate_exact": exact,
         "state": "pending",

@@ -14,7 +14,7 @@ commit of the same worker cannot deadlock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -196,8 +196,10 @@ def claim(
     states: Sequence[str],
     limit: int,
     lease_until: datetime,
+    only: Collection[int] | None = None,
 ) -> list[ItemRecord]:
-    """Take up to `limit` unclaimed items in `states`, in job order."""
+    """Take up to `limit` unclaimed items in `states`, in job order (among the ids
+    `only`, when given: a canary claims its own items and no others)."""
 
     def work(conn: Connection) -> Sequence[Row[Any]]:
         free = or_(
@@ -211,6 +213,8 @@ def claim(
             .order_by(ITEMS.c.state, ITEMS.c.ordinal)
             .limit(limit)
         )
+        if only is not None:
+            candidates = candidates.where(ITEMS.c.id.in_(sorted(only)))
         if db.postgres:
             # Skip what another worker is claiming: claims never wait on each other.
             candidates = candidates.with_for_update(skip_locked=True)

@@ -16,14 +16,15 @@ so tests pin time without patching anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from batcher.errors import ConfigError, LedgerMissingError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import batches, claims, engine, reviews, writes
+from batcher.ledger import batches, claims, engine, kinds, reviews, writes
 from batcher.ledger import credits as credit_rows  # `credits` is a parameter name below
+from batcher.ledger.kinds import Kind, KindItems, SeenPrice
 from batcher.ledger.models import utcnow
 from batcher.ledger.reviews import ItemCredits, ReviewCounts, ReviewedImage, ReviewRecord
 from batcher.ledger.transactions import Clock, Database
@@ -249,10 +250,17 @@ class Ledger:
         states: Sequence[str],
         limit: int,
         lease_until: datetime,
+        only: Collection[int] | None = None,
     ) -> list[ItemRecord]:
-        """Take up to `limit` unclaimed items in `states`, in job order."""
+        """Take up to `limit` unclaimed items in `states`, in job order (among `only`)."""
         return claims.claim(
-            self._db, batch_id, worker_id, states=states, limit=limit, lease_until=lease_until
+            self._db,
+            batch_id,
+            worker_id,
+            states=states,
+            limit=limit,
+            lease_until=lease_until,
+            only=only,
         )
 
     def stale_leases(self, batch_ids: Sequence[int]) -> dict[int, int]:
@@ -285,6 +293,22 @@ class Ledger:
     def observed_charges(self, batch_id: int) -> dict[tuple[str, str | None, int], int]:
         """The highest charge seen per (model, resolution, image_count) in this batch."""
         return credit_rows.observed_charges(self._db, batch_id)
+
+    def learned_prices(self) -> dict[Kind, SeenPrice]:
+        """The latest charge per (model, resolution, image_count), over every batch."""
+        return kinds.learned_prices(self._db)
+
+    def batch_kinds(self, batch_id: int, *, per_kind: int) -> list[KindItems]:
+        """The batch's kinds in job order, with their first pending items and counts."""
+        return kinds.batch_kinds(self._db, batch_id, per_kind=per_kind)
+
+    def items_by_id(self, ids: Sequence[int]) -> list[ItemRecord]:
+        """The items of `ids`, in job order."""
+        return kinds.items_by_id(self._db, ids)
+
+    def var_names(self, batch_id: int) -> tuple[str, ...]:
+        """The variable and matrix names the batch's items carry, in order of first use."""
+        return kinds.var_names(self._db, batch_id)
 
     def credit_snapshot(
         self, window: CreditWindow, groupings: Sequence[Sequence[str]]

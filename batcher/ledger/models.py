@@ -115,6 +115,9 @@ class Item(Base):
     project_name: Mapped[str] = mapped_column(Text)  # the `name` sent with the create
     source_path: Mapped[str | None] = mapped_column(Text)
     source_line: Mapped[int | None] = mapped_column(Integer)
+    # A template's variable values and matrix settings for this item ({name:
+    # value}); NULL for an item that is no combination of a template.
+    vars: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     estimate: Mapped[int] = mapped_column(BigInteger)
     estimate_exact: Mapped[bool] = mapped_column(Boolean)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Final
 
-from batcher.jobfile.items import ItemSettings
+from batcher.jobfile.items import NO_VARS, ItemSettings, ItemVars
 
 STATES: Final = ("pending", "sending", "unconfirmed", "submitted", "complete", "failed")
 
@@ -84,6 +84,19 @@ def files_from_json(value: Any) -> tuple[SavedFile, ...]:
     return tuple(found)
 
 
+def vars_from_json(value: Any) -> ItemVars:
+    """`items.vars` read back: names to text (image_count stays a number); NULL,
+    or anything that is not an object, reads as no vars."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping) or not value:
+        return NO_VARS
+    return {
+        str(name): found if isinstance(found, int) and not isinstance(found, bool) else str(found)
+        for name, found in value.items()
+    }
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -134,6 +147,9 @@ class ItemRecord:
     # The same images with their hash, size and dimensions when the run recorded
     # them (paths only for rows written before it did).
     file_details: tuple[SavedFile, ...] = field(default=(), compare=False)
+    # A template's variable values and matrix settings for this item, in
+    # expansion order; empty for an item that is no combination of a template.
+    vars: ItemVars = field(default_factory=lambda: NO_VARS, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

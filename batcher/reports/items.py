@@ -8,8 +8,8 @@ which command would try the item again, if any would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from batcher.errors import ConfigError
@@ -48,6 +48,8 @@ class ItemView:
     # The files with their sha256, size and dimensions (paths only for rows
     # saved before batcher recorded them).
     file_details: tuple[SavedFile, ...] = ()
+    # A template's variable values and matrix settings for this item (empty otherwise).
+    vars: Mapping[str, str | int] = field(default_factory=dict)
 
     @property
     def credits_net(self) -> int:
@@ -106,6 +108,7 @@ def _view(item: ItemRecord, charged: int, refunded: int) -> ItemView:
         reason=reason,
         resume_with=resume_with,
         file_details=item.file_details,
+        vars=dict(item.vars),
     )
 
 
@@ -169,6 +172,7 @@ def items_json(report: ItemsReport) -> dict[str, Any]:
                 "model": item.model,
                 "resolution": item.resolution,
                 "image_count": item.image_count,
+                "vars": dict(item.vars),
                 "name": item.name,
                 "project_id": item.project_id,
                 "credits_charged": item.credits_charged,

@@ -29,6 +29,8 @@ class BatchStatus:
     budget: int | None
     stale_leases: int
     reviews: ReviewCounts = NO_REVIEWS  # images picked and rejected (decisions in force)
+    # The template variables and matrix settings its items carry, in order of first use.
+    var_names: tuple[str, ...] = ()
 
     @property
     def credits_net(self) -> int:
@@ -99,6 +101,7 @@ def status_report(
                 budget=s.budget,
                 stale_leases=stale.get(s.id, 0),
                 reviews=ledger.review_counts(s.id),
+                var_names=ledger.var_names(s.id),
             )
             for s in summaries
         ),
@@ -108,8 +111,9 @@ def status_report(
 
 
 def status_json(report: StatusReport) -> dict[str, Any]:
-    """`status --json`: the shape DESIGN.md documents, plus budget, workers and
-    the review decisions in force (`reviews: {picked, rejected}`, images)."""
+    """`status --json`: the shape DESIGN.md documents, plus budget, workers, the
+    review decisions in force (`reviews: {picked, rejected}`, images) and the
+    names of the template variables its items carry (`vars`)."""
     return {
         "batches": [
             {
@@ -123,6 +127,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
                 "budget": b.budget,
                 "stale_leases": b.stale_leases,
                 "reviews": {"picked": b.reviews.picked, "rejected": b.reviews.rejected},
+                "vars": list(b.var_names),
                 "workers": [
                     {
                         "id": w.id,

@@ -101,6 +101,8 @@ class RunOptions:
     doubt_limit: int = DEFAULT_DOUBT_LIMIT  # creates in doubt in a row before sending stops
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # seconds without progress before stopping
     grace: float = DEFAULT_GRACE  # after a first signal, seconds before creates in flight are cut
+    # A canary: send only these pending items (ids); None sends every pending one.
+    only_items: frozenset[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,7 @@ class BatchRun:
             heartbeat_s=options.heartbeat_s,
             wait=options.wait,
             poll_known_first=options.poll_known_first,
+            only=options.only_items,
         )
 
     # ------------------------------------------------------------------ control

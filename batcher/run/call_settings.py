@@ -65,10 +65,13 @@ class WorkerArgs(WhereArgs, total=False):
 
 
 class RunArgs(WorkerArgs, total=False):
-    """The settings of `run` and `resume`: a worker's, and what they requeue first."""
+    """The settings of `run` and `resume`: a worker's, what they requeue first,
+    and the canary (a worker joins a batch already under way)."""
 
     resend_unconfirmed: bool  # re-send items in doubt (may pay twice)
     retry_failed: bool  # re-send items the API refused with a 4xx
+    canary: int | None  # send this many items first, report, then ask (`yes`)
+    yes: bool  # after a canary that fits the budget and balance, go on without asking
 
 
 _WHERE = frozenset(WhereArgs.__annotations__)

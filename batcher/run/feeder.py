@@ -55,6 +55,7 @@ class Feeder:
         heartbeat_s: float,
         wait: bool,
         poll_known_first: bool,
+        only: frozenset[int] | None = None,
     ) -> None:
         self._state = state
         self._ledger = ledger
@@ -67,6 +68,7 @@ class Feeder:
         self._heartbeat_s = heartbeat_s
         self._wait = wait
         self._poll_known_first = poll_known_first
+        self._only = only  # a canary: the pending items it may send, no others
 
     # ------------------------------------------------------------------ joining
 
@@ -158,7 +160,8 @@ class Feeder:
             adopted += len(items)
 
     async def _claim(self, state: str) -> list[ItemRecord]:
-        """The next page of unclaimed items in `state`, now held by this worker."""
+        """The next page of unclaimed items in `state`, now held by this worker
+        (pending ones among the canary's, in a canary)."""
         items: list[ItemRecord] = await in_thread(
             self._ledger.claim,
             self._batch.id,
@@ -166,6 +169,7 @@ class Feeder:
             states=[state],
             limit=self._page,
             lease_until=self._lease_until(),
+            only=self._only if state == "pending" else None,
         )
         return items
 

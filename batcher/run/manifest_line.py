@@ -121,13 +121,6 @@ class ManifestLine:
 
 
 def item_vars(item: ItemRecord) -> Mapping[str, str]:
-    """The item's variable values and matrix settings, as text.
-
-    The place where the ledger's `vars` reach the manifest and the PNG chunk:
-    the canary branch stores them on the item (`ItemRecord.vars`); until it
-    lands an item has none here.
-    """
-    found: Any = getattr(item, "vars", None)
-    if not isinstance(found, Mapping):
-        return {}
-    return {str(name): str(value) for name, value in found.items()}
+    """The item's variable values and matrix settings (from the ledger's
+    `items.vars`), as text: the manifest and the PNG chunk hold strings."""
+    return {name: str(value) for name, value in item.vars.items()}

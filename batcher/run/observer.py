@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from batcher.run.batch_run import BatchRun, RunCounters
+    from batcher.run.canary import CanaryReport
     from batcher.run.prepare import PreparedBatch
     from batcher.run.summary import RunSummary
 
@@ -59,6 +60,18 @@ class RunObserver:
     def stopping(self, signal_name: str, *, abort: bool) -> None:
         """A signal arrived: the first stops sending and records creates in flight;
         the next (`abort`) gives up on those too (they become in doubt)."""
+
+    def canary_finished(self, report: CanaryReport) -> None:
+        """`canary=N`: the canary's items are done; `report` has their charges against
+        the estimate, where their images are, and the rest re-estimated."""
+
+    def confirm_canary(self, report: CanaryReport) -> bool | None:
+        """Ask whether to send the rest after a canary that fits the budget and the
+        balance: True to go on, False to stop, None when nobody can be asked (the
+        default: the run stops and `report.continue_command` goes on later). Called
+        between the canary and the rest, with nothing of the run going: it may
+        block on the user."""
+        return None
 
     def finished(self, summary: RunSummary) -> None:
         """The batch's run ended; `summary` is what the call returns for it."""

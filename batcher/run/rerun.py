@@ -225,6 +225,7 @@ def new_items(plan: RerunPlan, items: Mapping[str, ItemRecord], next_ordinal: in
                 settings=entry.settings,
                 path=old.source_path or "",
                 line=old.source_line or 0,
+                vars=old.vars,
             )
         )
     return made

@@ -41,6 +41,8 @@ from batcher.reports.gallery_data import PAGE_NAME, gallery_folder
 from batcher.run import prepare
 from batcher.run.api_check import check_api_first
 from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
+from batcher.run.canary import check_canary, continue_command
+from batcher.run.canary_run import CanaryStep, run_with_canary
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress, to_settle
@@ -110,8 +112,11 @@ class SendSettings:
     # Reports for cron and monitoring (batcher.run.reporting).
     metrics_file: Path | None = None
     notify: tuple[str, ...] = ()
+    canary: int | None = None  # send this many items first and report (batcher.run.canary)
+    yes: bool = False  # after a canary that fits, go on without asking
 
     def __post_init__(self) -> None:
+        check_canary(self.canary, wait=self.wait)
         for name in ("outage_tolerance", "stall_timeout", "create_timeout", "poll_timeout"):
             seconds = getattr(self, name)
             if not (math.isfinite(seconds) and seconds > 0):
@@ -351,11 +356,42 @@ async def drive(
         if settings.preflight:
             report = await prepare.preflight(client, ledger, batch, catalog)
             warn(report.warning)
-        run = prepare.new_run(ledger, client, batch, options)
-        counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
-        todo = to_settle(counts, wait=options.wait)
-        progress = RunProgress(batch.name, todo, options.wait, run)
-        result = await _run_beside(progress, observer, signals, context.handle_signals)
+
+        async def run_part(part: RunOptions) -> RunResult:
+            run = prepare.new_run(ledger, client, batch, part)
+            counts = await anyio.to_thread.run_sync(ledger.state_counts, batch.id)
+            todo = to_settle(counts, wait=part.wait)
+            if part.only_items is not None:  # a canary settles its own items only
+                todo = min(todo, len(part.only_items) + counts.get("submitted", 0))
+            progress = RunProgress(batch.name, todo, part.wait, run)
+            return await _run_beside(progress, observer, signals, context.handle_signals)
+
+        async def refresh(part: RunResult) -> Path | None:
+            return await refresh_gallery(ledger, batch, settings, part, warn)
+
+        if settings.canary is None:
+            result = await run_part(options)
+        else:
+            step = CanaryStep(
+                ledger,
+                client,
+                batch,
+                catalog,
+                settings.canary,
+                settings.yes,
+                observer,
+                warn,
+                batch_folder(settings.out, batch.name) if settings.download else None,
+                continue_command(
+                    batch.name,
+                    context.db_url,
+                    settings.out,
+                    endpoint.label,
+                    endpoint.api.base_url,
+                    download=settings.download,
+                ),
+            )
+            result = await run_with_canary(step, options, run_part, refresh)
     for notice in result.notices:
         warn(notice)
     gallery = await refresh_gallery(ledger, batch, settings, result, warn)
@@ -542,8 +578,8 @@ async def rerun_batch(
             observer.prepared(
                 prepare.PreparedBatch(batch, added, RequeueCounts()), display_url(context.db_url)
             )
-            # The canary (`run --canary N`, from the canary branch) goes here once
-            # SendSettings carries it: drive() runs it for a rerun as for `run`.
+            # A rerun's settings carry a canary when its caller asks for one:
+            # drive() runs it for a rerun as for `run`.
             try:
                 summary = await drive(
                     ledger,

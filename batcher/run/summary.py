@@ -15,6 +15,7 @@ from typing import Any
 
 from batcher.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 from batcher.run.batch_run import STOP_INTERRUPTED, RunCounters, RunResult
+from batcher.run.canary import STOP_CANARY
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +88,13 @@ class RunSummary:
 
 
 def exit_code(result: RunResult, *, interrupted_code: int = EXIT_INTERRUPTED) -> int:
-    """0 every item complete (or submitted without waiting); 1 anything failed, in
-    doubt or left unsent; `interrupted_code` (130 SIGINT, 143 SIGTERM) when stopped
-    by a signal."""
+    """0 every item complete (or submitted without waiting), or paused after a
+    canary nobody said yes to; 1 anything failed, in doubt or left unsent;
+    `interrupted_code` (130 SIGINT, 143 SIGTERM) when stopped by a signal."""
     if result.stopped == STOP_INTERRUPTED:
         return interrupted_code
+    if result.stopped == STOP_CANARY:
+        return EXIT_OK  # the canary did what was asked; the rest waits for a yes
     return EXIT_OK if result.succeeded else EXIT_FAILURE
 
 

@@ -4,6 +4,7 @@ warnings on stderr."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 
 from rich.table import Table
 from rich.text import Text
@@ -71,8 +72,13 @@ def status_table(report: StatusReport) -> Table:
     if reviewed:
         table.add_column("picked", justify="right")
         table.add_column("rejected", justify="right")
+    # The template variables a batch varies by, once some batch has any.
+    varied = any(row.var_names for row in report.batches)
+    if varied:
+        table.add_column("vars")
     for row in report.batches:
         reviews = [f"{row.reviews.picked:,}", f"{row.reviews.rejected:,}"] if reviewed else []
+        names = [Text(", ".join(row.var_names))] if varied else []
         table.add_row(
             Text(row.name),
             f"{row.items:,}",
@@ -82,6 +88,7 @@ def status_table(report: StatusReport) -> Table:
             f"{row.credits_net:,}",
             "" if row.budget is None else f"{row.budget:,}",
             *reviews,
+            *names,
         )
     return table
 
@@ -126,9 +133,14 @@ def items_table(report: ItemsReport, *, fit: bool) -> Table:
         no_wrap=fit,
         max_width=PROMPT_EXCERPT if fit else None,
     )
+    # A vars column only when some item is a template's combination.
+    with_vars = any(item.vars for item in report.items)
+    if with_vars:
+        table.add_column("vars", overflow="fold" if fit else "ignore")
     table.add_column("reason", overflow="fold" if fit else "ignore")
     table.add_column("files", justify="right" if fit else "left", no_wrap=True)
     for item in report.items:
+        shown_vars = [Text(vars_text(item.vars))] if with_vars else []
         # User text goes in as Text (never read as markup), on one line.
         table.add_row(
             item.key,
@@ -137,10 +149,16 @@ def items_table(report: ItemsReport, *, fit: bool) -> Table:
             Text(item.project_id or "-"),
             f"{item.credits_net:,}",
             Text(" ".join(item.prompt.split())),
+            *shown_vars,
             Text(item.reason or ""),
             str(len(item.files)) if fit else " ".join(item.files) or "-",
         )
     return table
+
+
+def vars_text(values: Mapping[str, str | int]) -> str:
+    """An item's vars on one line: `color=red model=flux-schnell`."""
+    return " ".join(f"{name}={' '.join(str(value).split())}" for name, value in values.items())
 
 
 def upgraded(db: str) -> None:

@@ -12,7 +12,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from batcher.jobfile.plan import Plan
+from batcher.jobfile.plan import ModelPlan, Plan
+from batcher.jobfile.pricing import BASIS_SEEN
 
 __all__ = ["LOWER_BOUND_NOTE", "budget_line", "entries_lines", "plan_table", "render_plans"]
 
@@ -49,9 +50,18 @@ def plan_table(plan: Plan) -> Table:
             Text(f"{row.items:,}"),
             Text(f"{row.images:,}"),
             Text(_credits(row.estimated_credits, row.exact)),
-            Text("exact") if row.exact else Text("lower bound", style="yellow"),
+            _basis(row),
         )
     return table
+
+
+def _basis(row: ModelPlan) -> Text:
+    """exact, lower bound, or "seen on DATE" when the ledger knows the real charge."""
+    if not row.exact:
+        return Text("lower bound", style="yellow")
+    if row.basis == BASIS_SEEN and row.seen_on is not None:
+        return Text(f"seen on {row.seen_on.isoformat()}", style="green")
+    return Text("exact")
 
 
 def budget_line(plan: Plan) -> Text:

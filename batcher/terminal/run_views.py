@@ -14,10 +14,12 @@ from rich.text import Text
 
 from batcher.ledger import display_url
 from batcher.run.batch_run import STOP_BUDGET
+from batcher.run.canary import STOP_CANARY, CanaryReport
 from batcher.run.observer import RunObserver, RunProgress
 from batcher.run.prepare import PreparedBatch
 from batcher.run.summary import RunSummary
 from batcher.settings import DEFAULT_DATABASE_URL
+from batcher.terminal import canary_views
 from batcher.terminal import console as output
 from batcher.terminal.progress import DEFAULT_PROGRESS_INTERVAL_S, RunDisplay
 from batcher.terminal.tables import print_table
@@ -73,6 +75,12 @@ class TerminalRunObserver(RunObserver):
                 f"{signal_name}: stopping; waiting for creates already sent to answer "
                 "(Ctrl-C again to abort)"
             )
+
+    def canary_finished(self, report: CanaryReport) -> None:
+        canary_views.print_canary(report)
+
+    def confirm_canary(self, report: CanaryReport) -> bool | None:
+        return canary_views.ask(report)
 
     def finished(self, summary: RunSummary) -> None:
         if self.as_json:
@@ -151,7 +159,9 @@ def next_steps(summary: RunSummary, *, sandbox: bool = False) -> list[str]:
     hints: list[str] = []
     if summary.interrupted:
         return [f"interrupted; the ledger is consistent. Continue with: {resume}"]
-    if summary.stopped is not None:
+    if summary.stopped == STOP_CANARY:
+        hints.append(f"{summary.stop_detail} ({summary.unsent} item(s) not sent yet)")
+    elif summary.stopped is not None:
         again = f"{resume} --budget N" if summary.stopped == STOP_BUDGET else resume
         hints.append(
             f"sending stopped: {summary.stop_detail}; {summary.unsent:,} item(s) left unsent. "

@@ -39,6 +39,7 @@ ITEM_KEYS = [
     "model",
     "resolution",
     "image_count",
+    "vars",
     "name",
     "project_id",
     "credits_charged",

@@ -284,7 +284,16 @@ def test_plan_json_shape() -> None:
     assert demo["estimate_is_lower_bound"] is False  # lowest resolutions only: exact
     assert demo["budget"] is None
     for row in demo["models"]:
-        assert set(row) == {"model", "items", "images", "estimated_credits", "exact"}
+        assert set(row) == {
+            "model",
+            "items",
+            "images",
+            "estimated_credits",
+            "exact",
+            "basis",
+            "seen_on",
+            "kinds",
+        }
     assert sum(row["items"] for row in demo["models"]) == demo["items"]
     assert sum(row["estimated_credits"] for row in demo["models"]) == demo["estimated_credits"]
     assert nightly["batch"].startswith("products-")

@@ -43,6 +43,7 @@ def test_plan_json_lists_each_templated_entry() -> None:
             "line": 19,
             "template": "A {product} in {colour}, {style}, product photography",
             "combinations": 36,
+            "vars": ["product", "colour", "style", "model"],
             "sample": [
                 "A ceramic mug in red, studio light on white, product photography",
                 "A ceramic mug in red, flat lay on linen, product photography",
@@ -53,6 +54,7 @@ def test_plan_json_lists_each_templated_entry() -> None:
             "line": 23,
             "template": "Retro poster: {hero} meets {rival}",
             "combinations": 2,
+            "vars": ["hero", "rival"],
             "sample": [
                 "Retro poster: a knight meets a dragon",
                 "Retro poster: a robot meets a virus",

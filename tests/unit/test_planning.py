@@ -143,6 +143,18 @@ def test_several_plans_have_a_grand_total(load_text: LoadText, catalog: Catalog)
     assert "all jobs: 3 items, 3 images, ≥ 15 credits estimated" in rendered([one, two])
 
 
+def lower_bound_kind(credits: int) -> dict[str, object]:
+    return {
+        "resolution": None,
+        "image_count": 1,
+        "items": 1,
+        "estimated_credits": credits,
+        "credits_per_item": credits,
+        "basis": "lower_bound",
+        "seen_on": None,
+    }
+
+
 def test_plan_document(load_text: LoadText, catalog: Catalog) -> None:
     plan = build_plan(
         load_text("name: j\nbudget: 7\nprompts:\n  - a\n  - prompt: b\n    model: krea-2\n"),
@@ -163,8 +175,26 @@ def test_plan_document(load_text: LoadText, catalog: Catalog) -> None:
         "estimate_is_lower_bound": True,
         "budget": 7,
         "models": [
-            {"model": "default", "items": 1, "images": 1, "estimated_credits": 5, "exact": False},
-            {"model": "krea-2", "items": 1, "images": 1, "estimated_credits": 10, "exact": False},
+            {
+                "model": "default",
+                "items": 1,
+                "images": 1,
+                "estimated_credits": 5,
+                "exact": False,
+                "basis": "lower_bound",
+                "seen_on": None,
+                "kinds": [lower_bound_kind(5)],
+            },
+            {
+                "model": "krea-2",
+                "items": 1,
+                "images": 1,
+                "estimated_credits": 10,
+                "exact": False,
+                "basis": "lower_bound",
+                "seen_on": None,
+                "kinds": [lower_bound_kind(10)],
+            },
         ],
         "entries": [],  # no templated entry
     }
