@@ -14,6 +14,7 @@ from batcher.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
     DEFAULT_DATABASE_URL,
+    DEFAULT_LEDGER_HOLD_S,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_RENDER_RETRIES,
 )
@@ -141,6 +142,15 @@ run_options = _stack(
         default=DEFAULT_RENDER_RETRIES,
         show_default=True,
         help="Re-create a render that failed (and was refunded) this many times.",
+    ),
+    click.option(
+        "--ledger-hold",
+        type=click.FloatRange(0),
+        default=DEFAULT_LEDGER_HOLD_S,
+        show_default=True,
+        metavar="S",
+        help="While the ledger cannot be written, send nothing and hold answers this "
+        "long; then save them to a rescue file and exit 1.",
     ),
     click.option(
         "--batch-concurrency",

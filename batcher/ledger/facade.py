@@ -22,11 +22,12 @@ from typing import Any
 
 from batcher.errors import LedgerMissingError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import batches, claims, engine, reviews, writes
+from batcher.ledger import batches, claims, engine, rescue, reviews, writes
 from batcher.ledger import credits as credit_rows  # `credits` is a parameter name below
 from batcher.ledger.models import utcnow
+from batcher.ledger.rescue import RescueApplied
 from batcher.ledger.reviews import ItemCredits, ReviewCounts, ReviewedImage, ReviewRecord
-from batcher.ledger.transactions import Clock, Database
+from batcher.ledger.transactions import Clock, Database, Target
 from batcher.ledger.values import (
     BatchRecord,
     BatchSummary,
@@ -72,6 +73,8 @@ class Ledger:
         try:
             if upgrade:
                 engine.bring_to_head(db)
+                # Answers a run could not record (batcher.ledger.rescue), before anything else.
+                rescue.apply_rescue(db)
         except BaseException:
             db.dispose()
             raise
@@ -87,6 +90,15 @@ class Ledger:
             db = engine.connect_memory(clock)
             engine.bring_to_head(db)
             return cls(db), False
+
+    @property
+    def target(self) -> Target:
+        """Where the ledger lives (for messages, the rescue file and the file watch)."""
+        return self._db.target
+
+    def apply_rescue(self) -> list[RescueApplied]:
+        """Apply this ledger's rescue files again (after `recover` rebuilt a batch)."""
+        return rescue.apply_rescue(self._db)
 
     @property
     def dialect(self) -> str:

@@ -168,7 +168,7 @@ def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | None]:
     if not ops:
         return []
     try:
-        return db.write(lambda conn: _apply(db, conn, ops))
+        return db.write(lambda conn: apply_in(db, conn, ops))
     except LedgerError as exc:
         if len(ops) == 1 or not isinstance(exc.__cause__, IntegrityError | DataError):
             raise
@@ -181,7 +181,8 @@ def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | None]:
     return [result for op in ops for result in apply(db, [op])]
 
 
-def _apply(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool | None]:
+def apply_in(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool | None]:
+    """The operations of `apply`, inside a transaction the caller holds (the rescue file)."""
     now = db.clock()
     if db.postgres:
         lock_items(conn, [item_id for op in ops for item_id in _item_ids(op)])

@@ -54,6 +54,7 @@ from batcher.run.rerun import (
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_LEDGER_HOLD_S,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_RENDER_RETRIES,
     database_url,
@@ -78,6 +79,7 @@ class SendSettings:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     gallery: bool = True  # refresh out/<batch>/index.html at the end (False: --no-gallery)
     render_retries: int = DEFAULT_RENDER_RETRIES
+    ledger_hold: float = DEFAULT_LEDGER_HOLD_S  # seconds answers wait for the ledger
     batch_concurrency: int | None = None
     batch_rate: float | None = None
     preflight: bool = True
@@ -93,6 +95,8 @@ class SendSettings:
             raise ConfigError(f"rate must be above 0 requests per second, not {self.rate}")
         if self.budget is not None and self.budget < 0:
             raise ConfigError(f"budget must be 0 or more credits, not {self.budget}")
+        if self.ledger_hold < 0:
+            raise ConfigError(f"ledger_hold must be 0 or more seconds, not {self.ledger_hold}")
         if self.render_retries < 0:
             raise ConfigError(f"render_retries must be 0 or more, not {self.render_retries}")
         if self.max_image_bytes < 1:
@@ -112,6 +116,7 @@ class SendSettings:
             metadata=self.metadata,
             out_dir=self.out,
             render_retries=self.render_retries,
+            ledger_hold_s=self.ledger_hold,
         )
 
 

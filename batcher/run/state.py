@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 
 from batcher.client.magic_hour import CreatedProject, ProjectStatus
-from batcher.errors import AuthError, OutputError
+from batcher.errors import AuthError, LedgerLostError, OutputError
 from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
 from batcher.run.manifest_line import ImageFile, ManifestLine
@@ -47,6 +47,7 @@ STOP_UNREACHABLE = "unreachable"
 STOP_INTERRUPTED = "interrupted"
 STOP_AUTH = "auth"
 STOP_OUTPUT = "output"  # the output folder cannot be written (a full disk)
+STOP_LEDGER = "ledger"  # the ledger was lost: away past --ledger-hold, or its file went away
 
 
 class ImageApi(Protocol):
@@ -97,7 +98,8 @@ class RunState:
         self.writer = writer
         self.stopped: str | None = None  # STOP_*, the first reason sending stopped
         self.stop_detail: str | None = None
-        self.fatal: AuthError | None = None  # raised by the run once it has stopped
+        # Raised by the run once it has stopped: the key rejected, the ledger lost.
+        self.fatal: AuthError | LedgerLostError | None = None
         self._manifest = manifest
         self._manifest_failed = False
         self._halted = False
@@ -125,10 +127,12 @@ class RunState:
         self.halt(STOP_INTERRUPTED, "interrupted by the user")
         self._done.set()
 
-    def fail(self, exc: AuthError) -> None:
-        """The key was rejected: nothing more can work. Stop everything; the run raises it."""
-        self.fatal = exc
-        self.halt(STOP_AUTH, str(exc))
+    def fail(self, exc: AuthError | LedgerLostError) -> None:
+        """The key was rejected, or the ledger lost: nothing more can work. Stop
+        everything; the run raises it."""
+        if self.fatal is None:
+            self.fatal = exc
+        self.halt(STOP_LEDGER if isinstance(exc, LedgerLostError) else STOP_AUTH, str(exc))
         self._done.set()
 
     # ------------------------------------------------------------------ holding
