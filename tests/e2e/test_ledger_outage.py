@@ -1,0 +1,182 @@
+"""The ledger away mid-run, through the real CLI (issue 11, point 1).
+
+While the ledger cannot take a commit no create is sent and every answer that
+arrives waits in memory; if the ledger comes back within --ledger-hold the run
+carries on, else the answers go to the rescue file and the run exits 1 in one
+line. The next command that opens the ledger applies the file and says so;
+a final `resume` then completes the batch with nothing paid twice and nothing
+needing --resend-unconfirmed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import batcher_command, check_against_journal, cli_env, prompts, write_job
+
+from batcher.ledger import Ledger
+
+PROMPTS = 60
+
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def write_locked(path: Path) -> Iterator[Callable[[], None]]:
+    """Another process holds the ledger's write lock until the block ends (or the
+    function it gives is called)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            assert process.stdin is not None
+            process.stdin.write("\n")
+            process.stdin.close()
+            assert process.wait(timeout=30) == 0
+
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        yield release
+    finally:
+        release()
+        process.stdout.close()
+
+
+def start_run(tmp_path: Path, sandbox: Any, db: str, *flags: str) -> subprocess.Popen[str]:
+    job = write_job(tmp_path, prompts(PROMPTS), name="night")
+    return subprocess.Popen(
+        batcher_command(
+            "run",
+            str(job),
+            "--base-url",
+            sandbox.base_url,
+            "--db",
+            db,
+            "--out",
+            str(tmp_path / "out"),
+            "--concurrency",
+            "2",
+            *flags,
+        ),
+        env=cli_env(MAGIC_HOUR_API_KEY="sandbox-key", BATCHER_RETRY_INSTANT="1"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_creates(sandbox: Any, count: int, process: subprocess.Popen[str]) -> int:
+    """Block until the server has seen `count` creates (the run is mid-send)."""
+    deadline = time.monotonic() + 60
+    while (seen := len(sandbox.journal())) < count:
+        assert process.poll() is None, "the run ended before the fault"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return seen
+
+
+def cli(tmp_path: Path, sandbox: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        batcher_command(*args, "--base-url", sandbox.base_url)
+        if args[0] == "resume"
+        else batcher_command(*args),
+        env=cli_env(MAGIC_HOUR_API_KEY="sandbox-key", BATCHER_RETRY_INSTANT="1"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def no_traceback(stderr: str) -> None:
+    assert "Traceback" not in stderr and "ExceptionGroup" not in stderr, stderr
+
+
+def finish_and_check(tmp_path: Path, sandbox: Any, db: str) -> None:
+    """`resume` completes the batch; every prompt created exactly once, no doubt."""
+    final = cli(tmp_path, sandbox, "resume", "night", "--db", db, "--out", str(tmp_path / "out"))
+    assert final.returncode == 0, final.stderr
+    no_traceback(final.stderr)
+    journal = sandbox.journal()
+    states = check_against_journal(db, journal)
+    assert states.get("complete") == PROMPTS, states
+    assert len(journal) == PROMPTS, "a prompt was paid twice"
+
+
+@pytest.mark.slow
+def test_a_lock_shorter_than_the_hold_is_ridden_out(tmp_path: Path, external_sandbox: Any) -> None:
+    sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
+    path = tmp_path / "ledger.db"
+    db = f"sqlite:///{path}?timeout=0.2"
+    run = start_run(tmp_path, sandbox, db, "--ledger-hold", "30")
+    wait_for_creates(sandbox, 10, run)
+    with write_locked(path):
+        time.sleep(0.5)  # past the busy timeout: the writer holds and retries
+        during = len(sandbox.journal())
+        time.sleep(1.0)
+        assert len(sandbox.journal()) <= during + 2, "creates went on while the ledger was away"
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    no_traceback(stderr)
+    assert "no new creates until it answers" in stderr, stderr
+    assert "answers again after" in stderr, stderr
+    journal = sandbox.journal()
+    states = check_against_journal(db, journal)
+    assert states.get("complete") == PROMPTS and len(journal) == PROMPTS, states
+
+
+@pytest.mark.slow
+def test_a_lock_past_the_hold_saves_the_answers_and_the_next_command_applies_them(
+    tmp_path: Path, external_sandbox: Any
+) -> None:
+    sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
+    path = tmp_path / "ledger.db"
+    db = f"sqlite:///{path}?timeout=0.2"
+    run = start_run(tmp_path, sandbox, db, "--ledger-hold", "1")
+    wait_for_creates(sandbox, 10, run)
+    with write_locked(path):
+        _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1, stderr
+    no_traceback(stderr)
+    rescue = tmp_path / "ledger.db.rescue.jsonl"
+    errors = [line for line in stderr.splitlines() if "unavailable for 1 s" in line]
+    assert len(errors) == 1 and str(rescue) in errors[0], stderr
+    assert rescue.is_file() and rescue.read_text().strip(), "answers saved"
+    # Answers in the rescue file, not yet in the ledger: in it, those sends look half done.
+    with Ledger.open(f"sqlite:///{path}", upgrade=False) as ledger:
+        assert ledger.state_counts(1)["sending"] > 0
+
+    status = cli(tmp_path, sandbox, "status", "--db", db)
+    assert status.returncode == 0, status.stderr
+    assert f"applied the rescue file {rescue} first" in status.stderr, status.stderr
+    assert not rescue.exists() and (tmp_path / "ledger.db.rescue.jsonl.applied").exists()
+    with Ledger.open(f"sqlite:///{path}") as ledger:
+        counts = ledger.state_counts(1)
+    assert counts["sending"] == counts["unconfirmed"] == 0, counts
+    check_against_journal(db, sandbox.journal(), settled=False)
+    finish_and_check(tmp_path, sandbox, db)
