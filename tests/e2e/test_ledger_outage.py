@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from e2e_support import batcher_command, check_against_journal, cli_env, prompts, write_job
+from tcp_proxy import TcpProxy
 
 from batcher.ledger import Ledger
 
@@ -179,4 +180,66 @@ def test_a_lock_past_the_hold_saves_the_answers_and_the_next_command_applies_the
         counts = ledger.state_counts(1)
     assert counts["sending"] == counts["unconfirmed"] == 0, counts
     check_against_journal(db, sandbox.journal(), settled=False)
+    finish_and_check(tmp_path, sandbox, db)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture
+def proxied_postgres(postgres_database: str) -> Iterator[tuple[str, TcpProxy]]:
+    """The test database through a proxy the test cuts (a server restart, a stop)."""
+    proxy = TcpProxy(5432)
+    try:
+        yield postgres_database.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), proxy
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_postgresql_restart_is_ridden_out(
+    tmp_path: Path, external_sandbox: Any, proxied_postgres: tuple[str, TcpProxy]
+) -> None:
+    db, proxy = proxied_postgres
+    sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
+    run = start_run(tmp_path, sandbox, db, "--ledger-hold", "30")
+    wait_for_creates(sandbox, 10, run)
+    proxy.cut()
+    time.sleep(0.5)
+    during = len(sandbox.journal())
+    time.sleep(2.0)
+    assert len(sandbox.journal()) <= during + 2, "creates went on while the ledger was away"
+    proxy.restore()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    no_traceback(stderr)
+    assert "answers again after" in stderr, stderr
+    journal = sandbox.journal()
+    states = check_against_journal(db, journal)
+    assert states.get("complete") == PROMPTS and len(journal) == PROMPTS, states
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_postgresql_stop_past_the_hold_saves_the_answers_in_the_current_folder(
+    tmp_path: Path, external_sandbox: Any, proxied_postgres: tuple[str, TcpProxy]
+) -> None:
+    db, proxy = proxied_postgres
+    sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
+    run = start_run(tmp_path, sandbox, db, "--ledger-hold", "1.5")
+    wait_for_creates(sandbox, 10, run)
+    proxy.cut()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1, stderr
+    no_traceback(stderr)
+    name = db.rsplit("/", 1)[1]
+    rescue = tmp_path / f"batcher-rescue-{name}.jsonl"
+    errors = [line for line in stderr.splitlines() if "unavailable for 1.5 s" in line]
+    assert len(errors) == 1 and str(rescue) in errors[0], stderr
+    assert rescue.read_text().strip()
+    proxy.restore()
+    status = cli(tmp_path, sandbox, "status", "--db", db)
+    assert status.returncode == 0, status.stderr
+    assert f"applied the rescue file {rescue} first" in status.stderr, status.stderr
     finish_and_check(tmp_path, sandbox, db)
