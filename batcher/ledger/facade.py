@@ -22,9 +22,10 @@ from typing import Any
 
 from batcher.errors import LedgerMissingError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import batches, claims, engine, rescue, reviews, writes
+from batcher.ledger import batches, claims, engine, rebuild, rescue, reviews, writes
 from batcher.ledger import credits as credit_rows  # `credits` is a parameter name below
 from batcher.ledger.models import utcnow
+from batcher.ledger.rebuild import RebuildCounts, RebuiltItem
 from batcher.ledger.rescue import RescueApplied
 from batcher.ledger.reviews import ItemCredits, ReviewCounts, ReviewedImage, ReviewRecord
 from batcher.ledger.transactions import Clock, Database, Target
@@ -95,6 +96,12 @@ class Ledger:
     def target(self) -> Target:
         """Where the ledger lives (for messages, the rescue file and the file watch)."""
         return self._db.target
+
+    def rebuild_batch(
+        self, name: str, items: Sequence[RebuiltItem], *, settings: Mapping[str, Any]
+    ) -> RebuildCounts:
+        """Create a lost batch again from its manifest's items (see rebuild.py)."""
+        return rebuild.rebuild_batch(self._db, name, items, settings=settings)
 
     def apply_rescue(self) -> list[RescueApplied]:
         """Apply this ledger's rescue files again (after `recover` rebuilt a batch)."""

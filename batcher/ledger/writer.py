@@ -39,7 +39,7 @@ from batcher.ledger.facade import Ledger
 from batcher.ledger.identity import FileWatch
 from batcher.ledger.models import utcnow
 from batcher.ledger.rescue import RescueFile, entry, rescue_paths, worth_rescuing
-from batcher.ledger.values import ItemRecord, LedgerOp
+from batcher.ledger.values import BeginSend, ItemRecord, LedgerOp, SendFailed
 from batcher.settings import DEFAULT_LEDGER_HOLD_S as DEFAULT_HOLD_S
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ class LedgerWriter:
         ops: Sequence[LedgerOp] = [w.op for w in group]
         attempt = 0
         while True:
+            results: list[bool | None] | None = None
             try:
                 # A group that reached the database is always finished and reported.
                 with anyio.CancelScope(shield=True):
@@ -159,7 +160,7 @@ class LedgerWriter:
                     # Committed into a file that is gone: nobody will read it again.
                     self.check_file()
             except LedgerLostError:
-                self._rescue_now(group)
+                self._rescue_now(group, committed=results)
                 return
             except LedgerError as exc:
                 if not holdable(exc):
@@ -177,6 +178,7 @@ class LedgerWriter:
                 self._fail(group, exc)
                 return
             self._back()
+            assert results is not None
             for waiter, result in zip(group, results, strict=True):
                 waiter.result = result
                 waiter.done.set()
@@ -275,14 +277,21 @@ class LedgerWriter:
         if self._on_lost is not None:
             self._on_lost(self._lost)
 
-    def _rescue_now(self, group: Sequence[_Waiter]) -> list[bool | None]:
+    def _rescue_now(
+        self, group: Sequence[_Waiter], *, committed: Sequence[bool | None] | None = None
+    ) -> list[bool | None]:
         """Append the group's outcomes to the rescue file; intents are refused (None:
-        the item is not ours to send)."""
+        the item is not ours to send). `committed`: the group's results, when it was
+        committed into a file that is gone since; an intent recorded there is undone
+        (the item is pending again: it was never sent)."""
         at = utcnow()
+        ops = [w.op for w in group if worth_rescuing(w.op)]
+        for waiter, accepted in zip(group, committed or (), strict=False):
+            if isinstance(waiter.op, BeginSend) and accepted:
+                op = waiter.op
+                ops.append(SendFailed(op.item_id, op.batch_id, "pending", op.reserve))
         lines = [
-            entry(w.op, ledger=self._where, batch=self._batch, key=self._key(w.op), at=at)
-            for w in group
-            if worth_rescuing(w.op)
+            entry(op, ledger=self._where, batch=self._batch, key=self._key(op), at=at) for op in ops
         ]
         try:
             self._rescue.append(lines)

@@ -42,6 +42,7 @@ from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress
+from batcher.run.recover import refuse_lost_batch
 from batcher.run.rerun import (
     REJECT,
     RerunPlan,
@@ -199,6 +200,9 @@ async def run_jobs(
         for spec in specs:
             prepare_folder(batch_folder(settings.out, spec.name))
         with await _open_ledger(context.db_url, create=True) as ledger:
+            for spec in specs:
+                # A batch the ledger lost (its manifest lists items): refused, nothing sent.
+                refuse_lost_batch(ledger, spec.name, batch_folder(settings.out, spec.name))
             for spec in specs:
                 warn = _Warnings(observer)
                 for problem in spec.warnings:
