@@ -10,6 +10,7 @@ needing --resend-unconfirmed.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -242,4 +243,95 @@ def test_a_postgresql_stop_past_the_hold_saves_the_answers_in_the_current_folder
     status = cli(tmp_path, sandbox, "status", "--db", db)
     assert status.returncode == 0, status.stderr
     assert f"applied the rescue file {rescue} first" in status.stderr, status.stderr
+    finish_and_check(tmp_path, sandbox, db)
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+def _unshare() -> str:
+    """A user and mount namespace where a test may mount a tmpfs (root or not)."""
+    path = shutil.which("unshare")
+    if path is None:
+        pytest.skip("no unshare(1) here")
+    probe = subprocess.run(
+        [path, "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
+    return path
+
+
+# In the namespace: a tmpfs over the ledger's folder; the ledger made; the disk
+# filled but for FREE KiB; the run; then the ledger copied out (the tmpfs dies
+# with the namespace) so the test can put it back at the same path.
+FULL_DISK = """
+set -u
+folder=$1; keep=$2; free=$3; shift 3
+mount -t tmpfs -o size=4m tmpfs "$folder" || exit 99
+"$@" db upgrade --db "sqlite:///$folder/ledger.db" >/dev/null || exit 98
+dd if=/dev/zero of="$folder/filler" bs=64k 2>/dev/null
+truncate -s "-${free}K" "$folder/filler"
+"$@" run "$JOB" --db "sqlite:///$folder/ledger.db" $RUN_FLAGS
+code=$?
+rm -f "$folder/filler"
+mkdir -p "$keep" && cp -a "$folder"/. "$keep"/
+exit $code
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_ledger_saves_the_answers_elsewhere(
+    tmp_path: Path, external_sandbox: Any
+) -> None:
+    unshare = _unshare()
+    sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
+    job = write_job(tmp_path, prompts(PROMPTS), name="night")
+    folder, keep = tmp_path / "ledger", tmp_path / "keep"
+    folder.mkdir()
+    flags = f"--base-url {sandbox.base_url} --out {tmp_path / 'out'} --concurrency 2"
+    run = subprocess.run(
+        [
+            unshare,
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            FULL_DISK,
+            "sh",
+            str(folder),
+            str(keep),
+            "160",
+            *batcher_command(),
+        ],
+        env={
+            **cli_env(MAGIC_HOUR_API_KEY="sandbox-key", BATCHER_RETRY_INSTANT="1"),
+            "JOB": str(job),
+            "RUN_FLAGS": f"{flags} --ledger-hold 1",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 1, run.stderr
+    no_traceback(run.stderr)
+    assert 0 < len(sandbox.journal()) < PROMPTS, "the disk filled mid-run"
+    rescue = tmp_path / "batcher-rescue-ledger.db.jsonl"  # beside the ledger: no room
+    [line] = [line for line in run.stderr.splitlines() if "unavailable for 1 s" in line]
+    assert "the disk is full" in line and str(rescue) in line, run.stderr
+    for name in ("ledger.db", "ledger.db-wal"):
+        shutil.copy2(keep / name, folder / name)
+
+    db = f"sqlite:///{folder / 'ledger.db'}"
+    status = cli(tmp_path, sandbox, "status", "--db", db)
+    assert status.returncode == 0, status.stderr
+    assert f"applied the rescue file {rescue} first" in status.stderr, status.stderr
+    with Ledger.open(db) as ledger:
+        assert ledger.state_counts(1)["sending"] == 0
     finish_and_check(tmp_path, sandbox, db)
