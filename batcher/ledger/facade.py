@@ -61,6 +61,7 @@ class Ledger:
         create: bool = True,
         clock: Clock = utcnow,
         busy_timeout_s: float | None = None,
+        rescue_wait: bool = True,
     ) -> Ledger:
         """Open the ledger at `url`, applying pending migrations first.
 
@@ -68,14 +69,16 @@ class Ledger:
         not exist rather than reporting zeros from a new, empty one. Every problem
         with the URL or the database is a one-line BatcherError (see engine.py).
         `busy_timeout_s`: how long a write waits for another process's lock
-        (default: the URL's `?timeout=`, else 30 s).
+        (default: the URL's `?timeout=`, else 30 s). A rescue file a lost run left
+        (rescue.py) is applied first; `rescue_wait=False` (reports) leaves it for
+        later rather than wait for another process's write lock.
         """
         db = engine.connect(url, create=create, clock=clock, busy_timeout_s=busy_timeout_s)
         try:
             if upgrade:
                 engine.bring_to_head(db)
                 # Answers a run could not record (batcher.ledger.rescue), before anything else.
-                rescue.apply_rescue(db)
+                rescue.apply_rescue(db, wait=rescue_wait)
         except BaseException:
             db.dispose()
             raise
@@ -86,7 +89,7 @@ class Ledger:
         """The ledger at `url` for a report; if its SQLite file does not exist, an
         empty in-memory one (reports then show nothing) and False."""
         try:
-            return cls.open(url, create=False, clock=clock), True
+            return cls.open(url, create=False, clock=clock, rescue_wait=False), True
         except LedgerMissingError:
             db = engine.connect_memory(clock)
             engine.bring_to_head(db)

@@ -26,19 +26,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from batcher.errors import LedgerBusyError
 from batcher.ledger import writes
 from batcher.ledger.tables import BATCHES, CREDITS, ITEMS
-from batcher.ledger.transactions import Database, Target
+from batcher.ledger.transactions import Database, Target, translate
 from batcher.ledger.values import (
     BeginSend,
     Created,
@@ -51,6 +52,8 @@ from batcher.ledger.values import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SUFFIX = ".rescue.jsonl"
 APPLIED = ".applied"
@@ -166,21 +169,24 @@ class RescueApplied:
     kept: int  # for a batch or item this ledger does not know (recover it, then open again)
 
 
-def apply_rescue(db: Database) -> list[RescueApplied]:
-    """Apply every rescue file of this ledger (see the module doc); one result each."""
+def apply_rescue(db: Database, *, wait: bool = True) -> list[RescueApplied]:
+    """Apply every rescue file of this ledger (see the module doc); one result each.
+
+    `wait=False` (reports, which never wait on a writer): if another process holds
+    SQLite's write lock, the file is left for the next command and said so."""
     done = []
     for index, path in enumerate(rescue_paths(db.target)):
         if path.is_file():
             # The file beside a SQLite ledger is its own, wherever the two were
             # moved; one in the current folder must name this ledger.
             beside = index == 0 and db.target.path is not None
-            result = _apply_file(db, path, db.target.where if not beside else None)
+            result = _apply_file(db, path, db.target.where if not beside else None, wait)
             if result is not None:
                 done.append(result)
     return done
 
 
-def _apply_file(db: Database, path: Path, ledger: str | None) -> RescueApplied | None:
+def _apply_file(db: Database, path: Path, ledger: str | None, wait: bool) -> RescueApplied | None:
     mine: list[dict[str, Any]] = []
     others = 0
     for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -198,7 +204,16 @@ def _apply_file(db: Database, path: Path, ledger: str | None) -> RescueApplied |
             log.warning("%s:%d: not a rescue line; skipped", path, number)
     if not mine:
         return None
-    applied, already, kept = db.write(lambda conn: _apply_lines(db, conn, mine))
+    try:
+        applied, already, kept = _write(db, lambda conn: _apply_lines(db, conn, mine), wait)
+    except LedgerBusyError:
+        log.warning(
+            "rescue file %s waits: the ledger is busy (another process is writing); the "
+            "next command that opens it applies the file",
+            path,
+            extra={"event": "ledger.rescue_waits", "path": str(path)},
+        )
+        return None
     if kept == 0 and others == 0:
         path.replace(path.with_name(path.name + APPLIED))
     result = RescueApplied(path, applied, already, kept)
@@ -211,6 +226,26 @@ def _apply_file(db: Database, path: Path, ledger: str | None) -> RescueApplied |
         extra={"event": "ledger.rescue_applied", "path": str(path), "applied": applied},
     )
     return result
+
+
+def _write(db: Database, work: Callable[[Connection], T], wait: bool) -> T:
+    """A write transaction; with `wait=False` on SQLite, one that gives up at once
+    (LedgerBusyError) if another process holds the write lock."""
+    if wait or db.target.path is None:
+        return db.write(work, retry=False)
+    with db.engine.connect() as conn:
+        # On the driver's connection: through SQLAlchemy the PRAGMA would begin a
+        # transaction, which takes the write lock first (BEGIN IMMEDIATE, engine.py).
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.execute("PRAGMA busy_timeout=0")
+        try:
+            with conn.begin():
+                return work(conn)
+        except SQLAlchemyError as exc:
+            raise translate(exc, db.target) from exc
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={int(db.target.busy_timeout_s * 1000)}")
 
 
 def _apply_lines(
