@@ -83,6 +83,7 @@ class LedgerWriter:
         self._thread = anyio.CapacityLimiter(1)
         self._closed = False
         self._hold_s = hold_s
+        self._holding = True  # False once interrupted: give up at the next try
         self._batch = batch
         self._on_lost = on_lost
         self._keys: dict[int, str] = {}
@@ -96,6 +97,11 @@ class LedgerWriter:
 
     def on_lost(self, callback: Callable[[LedgerLostError], None]) -> None:
         self._on_lost = callback
+
+    def stop_holding(self) -> None:
+        """The run was interrupted: if the ledger is away, give up at the next try
+        instead of holding on for the rest of --ledger-hold."""
+        self._holding = False
 
     def know(self, items: Iterable[ItemRecord]) -> None:
         """Items this run may write about: a rescue line names the item by its key."""
@@ -241,11 +247,16 @@ class LedgerWriter:
             )
         if self._lost is not None:
             raise self._lost
-        left = self._down_since + self._hold_s - now
+        left = self._down_since + self._hold_s - now if self._holding else 0.0
         if left <= 0:
+            waited = (
+                f"for {self._hold_s:g} s (--ledger-hold"
+                if self._holding
+                else "when the run was interrupted (stopped holding"
+            )
             self._lose(
-                f"ledger {self._where} unavailable for {self._hold_s:g} s "
-                f"(--ledger-hold; last error: {_reason(exc)}): sending stopped"
+                f"ledger {self._where} unavailable {waited}; last error: {_reason(exc)}): "
+                "sending stopped"
             )
             assert self._lost is not None
             raise self._lost
@@ -280,8 +291,8 @@ class LedgerWriter:
     def _rescue_now(
         self, group: Sequence[_Waiter], *, committed: Sequence[bool | None] | None = None
     ) -> list[bool | None]:
-        """Append the group's outcomes to the rescue file; intents are refused (None:
-        the item is not ours to send). `committed`: the group's results, when it was
+        """Append the group's outcomes to the rescue file; intents are refused (False:
+        nothing is sent). `committed`: the group's results, when it was
         committed into a file that is gone since; an intent recorded there is undone
         (the item is pending again: it was never sent)."""
         at = utcnow()
@@ -303,9 +314,11 @@ class LedgerWriter:
             for line in lines:
                 log.error("rescue %s", json.dumps(line, sort_keys=True))
         for waiter in group:
-            waiter.result = None
+            # An intent refused like one with no room in the budget: the sender
+            # hands the item back without a word (the run is stopping already).
+            waiter.result = False if isinstance(waiter.op, BeginSend) else None
             waiter.done.set()
-        return [None for _ in group]
+        return [w.result for w in group]
 
     def _key(self, op: LedgerOp) -> str | None:
         item_id = getattr(op, "item_id", None)

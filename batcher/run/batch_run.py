@@ -168,8 +168,10 @@ class BatchRun:
     # ------------------------------------------------------------------ control
 
     def interrupt(self) -> None:
-        """Ctrl-C: stop at once, except creates already on the wire, which are recorded."""
+        """Ctrl-C: stop at once, except creates already on the wire, which are recorded
+        (or, if the ledger is away, saved to the rescue file without waiting for it)."""
         self.state.interrupt()
+        self.state.writer.stop_holding()
 
     def abort(self) -> None:
         """A second Ctrl-C: cancel creates in flight too; they are recorded as in doubt."""
