@@ -11,6 +11,7 @@ needing --resend-unconfirmed.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -334,4 +335,27 @@ def test_a_full_disk_under_the_ledger_saves_the_answers_elsewhere(
     assert f"applied the rescue file {rescue} first" in status.stderr, status.stderr
     with Ledger.open(db) as ledger:
         assert ledger.state_counts(1)["sending"] == 0
+    finish_and_check(tmp_path, sandbox, db)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_ledger_is_away_saves_the_answers_without_waiting(
+    tmp_path: Path, external_sandbox: Any
+) -> None:
+    sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
+    path = tmp_path / "ledger.db"
+    db = f"sqlite:///{path}?timeout=0.2"
+    run = start_run(tmp_path, sandbox, db)  # the default hold: 300 s
+    wait_for_creates(sandbox, 10, run)
+    with write_locked(path):
+        time.sleep(1.0)  # the run is holding
+        stopped = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    assert took < 15, f"took {took:.1f} s to stop"
+    assert run.returncode == 1, stderr
+    no_traceback(stderr)
+    [line] = [line for line in stderr.splitlines() if "when the run was interrupted" in line]
+    assert str(tmp_path / "ledger.db.rescue.jsonl") in line, stderr
     finish_and_check(tmp_path, sandbox, db)

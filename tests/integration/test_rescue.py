@@ -112,9 +112,9 @@ def test_a_file_watch_tells_removed_replaced_and_truncated(tmp_path: Path) -> No
     path.write_bytes(b"x" * 10)
     assert watch.check() == "truncated (200 bytes, now 10)"
     replaced = FileWatch(path)
-    path.unlink()
+    # Made before the old one goes, so that it cannot reuse its inode number.
     (tmp_path / "new").write_bytes(b"y" * 10)
-    (tmp_path / "new").rename(path)
+    (tmp_path / "new").replace(path)
     assert replaced.check() == "replaced by another file"
     gone = FileWatch(path)
     path.unlink()
