@@ -273,9 +273,16 @@ class Ledger:
 
     # ------------------------------------------------------------------ the runner's writes
 
-    def apply(self, ops: Sequence[LedgerOp]) -> list[bool | None]:
-        """Commit a group of operations in one transaction (see writes.py)."""
-        return writes.apply(self._db, ops)
+    def apply(
+        self, ops: Sequence[LedgerOp], *, at: datetime | None = None, again: bool = False
+    ) -> list[bool | None]:
+        """Commit a group of operations in one transaction (see writes.py; `at` and
+        `again`: a group tried again after a failure is never applied twice)."""
+        return writes.apply(self._db, ops, at=at, again=again)
+
+    def now(self) -> datetime:
+        """The ledger's clock."""
+        return self._db.clock()
 
     # ------------------------------------------------------------------ credits
 

@@ -153,6 +153,9 @@ class LedgerWriter:
             self._rescue_now(group)
             return
         ops: Sequence[LedgerOp] = [w.op for w in group]
+        # One timestamp for every try: a try that failed may have committed all the
+        # same (its answer lost with the connection), and the next one can tell.
+        at = self._ledger.now()
         attempt = 0
         while True:
             results: list[bool | None] | None = None
@@ -161,7 +164,8 @@ class LedgerWriter:
                 with anyio.CancelScope(shield=True):
                     self.check_file()
                     results = await anyio.to_thread.run_sync(
-                        self._ledger.apply, ops, limiter=self._thread
+                        functools.partial(self._ledger.apply, ops, at=at, again=attempt > 0),
+                        limiter=self._thread,
                     )
                     # Committed into a file that is gone: nobody will read it again.
                     self.check_file()

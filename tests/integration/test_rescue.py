@@ -119,3 +119,33 @@ def test_a_file_watch_tells_removed_replaced_and_truncated(tmp_path: Path) -> No
     gone = FileWatch(path)
     path.unlink()
     assert gone.check() == "removed"
+
+
+def test_a_group_tried_again_after_it_did_commit_is_not_applied_twice(ledger_url: str) -> None:
+    """A PostgreSQL connection lost after COMMIT was sent: the writer tries the group
+    again (same timestamp, again=True), which finds it committed and reads back its
+    results instead of reserving, charging or counting twice."""
+    with Ledger.open(ledger_url) as ledger:
+        batch, _ = ledger.open_batch("night", job_path=None, job_hash=None, budget=100, settings={})
+        ledger.sync_items(
+            batch.id,
+            [JobItem(n, f"k{n}", f"p {n}", SETTINGS, "job.yaml", n + 1) for n in range(3)],
+            estimate=lambda _s: (5, True),
+            project_name=lambda item: item.key,
+        )
+        a, b, c = ledger.claim(batch.id, "w", states=["pending"], limit=3, lease_until=utcnow())
+        ledger.apply([BeginSend(a.id, batch.id, "w", 5)])
+        group = [
+            Created(a.id, batch.id, "p-a", 7, 5, True),
+            BeginSend(b.id, batch.id, "w", 5),
+            BeginSend(c.id, batch.id, "w", 500),  # no room in the budget
+        ]
+        at = ledger.now()
+        first = ledger.apply(group, at=at)
+        [before] = ledger.batch_summaries()
+        again = ledger.apply(group, at=at, again=True)
+        [after] = ledger.batch_summaries()
+        stored = ledger.get_batch("night")
+    assert first == again == [None, True, False]
+    assert after == before
+    assert stored is not None and (stored.credits_net, stored.credits_reserved) == (7, 5)
