@@ -34,7 +34,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from batcher.errors import InputError, LedgerError, LedgerLostError
+from batcher.errors import LedgerError, LedgerLostError
 from batcher.ledger.facade import Ledger
 from batcher.ledger.identity import FileWatch
 from batcher.ledger.models import utcnow
@@ -60,9 +60,10 @@ class _Waiter:
 
 
 def holdable(exc: LedgerError) -> bool:
-    """A ledger error worth waiting out: not one of configuration (exit 2), which
-    no amount of waiting mends, and not the writer having given up."""
-    return not isinstance(exc, InputError | LedgerLostError)
+    """A ledger error to wait out: any but the writer having given up. Even one
+    that waiting may not mend (a file made read-only or damaged under the run)
+    ends in the rescue file, never in a lost answer."""
+    return not isinstance(exc, LedgerLostError)
 
 
 class LedgerWriter:

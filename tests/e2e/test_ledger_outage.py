@@ -68,8 +68,11 @@ def write_locked(path: Path) -> Iterator[Callable[[], None]]:
         process.stdout.close()
 
 
-def start_run(tmp_path: Path, sandbox: Any, db: str, *flags: str) -> subprocess.Popen[str]:
-    job = write_job(tmp_path, prompts(PROMPTS), name="night")
+def start_run(
+    tmp_path: Path, sandbox: Any, db: str, *flags: str, count: int = PROMPTS
+) -> subprocess.Popen[str]:
+    """`batcher run` of a job of `count` prompts, at concurrency 2 unless `flags` say."""
+    job = write_job(tmp_path, prompts(count), name="night")
     return subprocess.Popen(
         batcher_command(
             "run",
@@ -120,15 +123,15 @@ def no_traceback(stderr: str) -> None:
     assert "Traceback" not in stderr and "ExceptionGroup" not in stderr, stderr
 
 
-def finish_and_check(tmp_path: Path, sandbox: Any, db: str) -> None:
+def finish_and_check(tmp_path: Path, sandbox: Any, db: str, count: int = PROMPTS) -> None:
     """`resume` completes the batch; every prompt created exactly once, no doubt."""
     final = cli(tmp_path, sandbox, "resume", "night", "--db", db, "--out", str(tmp_path / "out"))
     assert final.returncode == 0, final.stderr
     no_traceback(final.stderr)
     journal = sandbox.journal()
     states = check_against_journal(db, journal)
-    assert states.get("complete") == PROMPTS, states
-    assert len(journal) == PROMPTS, "a prompt was paid twice"
+    assert states.get("complete") == count, states
+    assert len(journal) == count, "a prompt was paid twice"
 
 
 @pytest.mark.slow
@@ -200,12 +203,18 @@ def proxied_postgres(postgres_database: str) -> Iterator[tuple[str, TcpProxy]]:
 
 @pytest.mark.slow
 @pytest.mark.postgres
+@pytest.mark.parametrize(("concurrency", "count"), [(8, 120), (64, 400)])
 def test_a_postgresql_restart_is_ridden_out(
-    tmp_path: Path, external_sandbox: Any, proxied_postgres: tuple[str, TcpProxy]
+    tmp_path: Path,
+    external_sandbox: Any,
+    proxied_postgres: tuple[str, TcpProxy],
+    concurrency: int,
+    count: int,
 ) -> None:
     db, proxy = proxied_postgres
     sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
-    run = start_run(tmp_path, sandbox, db, "--ledger-hold", "30")
+    flags = ["--ledger-hold", "30", "--concurrency", str(concurrency)]
+    run = start_run(tmp_path, sandbox, db, *flags, count=count)
     wait_for_creates(sandbox, 10, run)
     proxy.cut()
     time.sleep(0.5)
@@ -219,17 +228,23 @@ def test_a_postgresql_restart_is_ridden_out(
     assert "answers again after" in stderr, stderr
     journal = sandbox.journal()
     states = check_against_journal(db, journal)
-    assert states.get("complete") == PROMPTS and len(journal) == PROMPTS, states
+    assert states.get("complete") == count and len(journal) == count, states
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
+@pytest.mark.parametrize(("concurrency", "count"), [(2, PROMPTS), (64, 400)])
 def test_a_postgresql_stop_past_the_hold_saves_the_answers_in_the_current_folder(
-    tmp_path: Path, external_sandbox: Any, proxied_postgres: tuple[str, TcpProxy]
+    tmp_path: Path,
+    external_sandbox: Any,
+    proxied_postgres: tuple[str, TcpProxy],
+    concurrency: int,
+    count: int,
 ) -> None:
     db, proxy = proxied_postgres
     sandbox = external_sandbox("--render-seconds", "0.3", "--latency", "0.05")
-    run = start_run(tmp_path, sandbox, db, "--ledger-hold", "1.5")
+    flags = ["--ledger-hold", "1.5", "--concurrency", str(concurrency)]
+    run = start_run(tmp_path, sandbox, db, *flags, count=count)
     wait_for_creates(sandbox, 10, run)
     proxy.cut()
     _, stderr = run.communicate(timeout=120)
@@ -244,7 +259,7 @@ def test_a_postgresql_stop_past_the_hold_saves_the_answers_in_the_current_folder
     status = cli(tmp_path, sandbox, "status", "--db", db)
     assert status.returncode == 0, status.stderr
     assert f"applied the rescue file {rescue} first" in status.stderr, status.stderr
-    finish_and_check(tmp_path, sandbox, db)
+    finish_and_check(tmp_path, sandbox, db, count)
 
 
 # --------------------------------------------------------------------------- full disk
