@@ -253,10 +253,16 @@ def _apply_lines(
 ) -> tuple[int, int, int]:
     applied = already = kept = 0
     for line in lines:
+        # By key; a line without one (an item the run never named) by its row id.
+        which = (
+            ITEMS.c.key == line["key"]
+            if line.get("key") is not None
+            else ITEMS.c.id == line["op"].get("item_id")
+        )
         found = conn.execute(
             select(ITEMS.c.id, ITEMS.c.batch_id, ITEMS.c.state, ITEMS.c.project_id)
             .join(BATCHES, BATCHES.c.id == ITEMS.c.batch_id)
-            .where(BATCHES.c.name == line["batch"], ITEMS.c.key == line["key"])
+            .where(BATCHES.c.name == line["batch"], which)
         ).first()
         if found is None:
             kept += 1

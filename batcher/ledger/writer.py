@@ -89,7 +89,6 @@ class LedgerWriter:
         self._on_lost = on_lost
         self._keys: dict[int, str] = {}
         self._down_since: float | None = None
-        self._down_reason = ""
         self._lost: LedgerLostError | None = None
         target = ledger.target
         self._where = target.where
@@ -243,7 +242,6 @@ class LedgerWriter:
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
-            self._down_reason = str(exc)
             log.warning(
                 "%s; no new creates until it answers, answers held for up to %g s (--ledger-hold)",
                 exc,
