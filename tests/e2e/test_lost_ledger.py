@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,9 @@ def test_a_ledger_emptied_between_runs_is_refused_then_recovered(
     assert recovered.returncode == 0, recovered.stderr
     assert "30 items (complete 30), marked recovered" in recovered.stdout, recovered.stdout
     assert "30 project(s) polled" in recovered.stdout
+    with closing(sqlite3.connect(path)) as conn:
+        marked = conn.execute("SELECT count(*) FROM items WHERE recovered").fetchone()
+    assert marked == (30,)
     finish(tmp_path, sandbox, job, common, out)
 
 
