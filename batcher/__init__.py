@@ -34,6 +34,7 @@ from batcher.errors import (
     LedgerBusyError,
     LedgerCorruptError,
     LedgerError,
+    LedgerLostError,
     LedgerMissingError,
     LedgerReadOnlyError,
     LedgerVersionError,
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
         plan,
         reconcile,
         reconcile_async,
+        recover,
+        recover_async,
         rerun,
         rerun_async,
         resume,
@@ -84,6 +87,7 @@ if TYPE_CHECKING:
     from batcher.reports.reconcile import ReconcileReport
     from batcher.reports.status import BatchStatus, StatusReport, WorkerView
     from batcher.run.observer import RunObserver, RunProgress
+    from batcher.run.recover import RecoverReport
     from batcher.run.rerun import RerunEntry, RerunPlan, RerunResult
     from batcher.run.summary import RunStats, RunSummary
 
@@ -111,6 +115,8 @@ _LAZY: dict[str, str] = {
             "audit_async",
             "reconcile",
             "reconcile_async",
+            "recover",
+            "recover_async",
             "account",
             "account_async",
             "db_upgrade",
@@ -135,6 +141,7 @@ _LAZY: dict[str, str] = {
     "WorkerView": "batcher.reports.status",
     "RunObserver": "batcher.run.observer",
     "RunProgress": "batcher.run.observer",
+    "RecoverReport": "batcher.run.recover",
     "RerunEntry": "batcher.run.rerun",
     "RerunPlan": "batcher.run.rerun",
     "RerunResult": "batcher.run.rerun",
@@ -162,6 +169,7 @@ __all__ = [
     "LedgerBusyError",
     "LedgerCorruptError",
     "LedgerError",
+    "LedgerLostError",
     "LedgerMissingError",
     "LedgerReadOnlyError",
     "LedgerVersionError",
@@ -175,6 +183,7 @@ __all__ = [
     "PreflightError",
     "Problem",
     "ReconcileReport",
+    "RecoverReport",
     "RerunEntry",
     "RerunPlan",
     "RerunResult",
@@ -199,6 +208,8 @@ __all__ = [
     "plan",
     "reconcile",
     "reconcile_async",
+    "recover",
+    "recover_async",
     "rerun",
     "rerun_async",
     "resume",

@@ -26,7 +26,8 @@
     │   ├── LedgerBusyError           locked by another process for longer than the busy timeout
     │   ├── LedgerCorruptError        exit 2: not a SQLite database, or a damaged one
     │   ├── LedgerReadOnlyError       exit 2: the file or its folder cannot be written
-    │   └── LedgerVersionError        exit 2: a schema revision this batcher does not know
+    │   ├── LedgerVersionError        exit 2: a schema revision this batcher does not know
+    │   └── LedgerLostError           unavailable past --ledger-hold, or its file went away
     └── OutputError                   an output file or folder cannot be read or written
 
 httpx, SQLAlchemy, YAML and disk (OSError) exceptions are translated into these at the module
@@ -253,6 +254,13 @@ class LedgerVersionError(LedgerError):
     often a newer batcher wrote it. Exit 2: nothing is changed."""
 
     exit_code = EXIT_INPUT
+
+
+class LedgerLostError(LedgerError):
+    """The ledger stayed unavailable past --ledger-hold, or its file was removed,
+    replaced or truncated under the run. Sending stopped; every answer that had
+    arrived is in the rescue file (batcher.ledger.rescue), which the next command
+    that opens the ledger applies. Exit 1."""
 
 
 class OutputError(BatcherError):

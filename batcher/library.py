@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from batcher.reports.reconcile import ReconcileReport
     from batcher.reports.status import StatusReport
     from batcher.run.call_settings import RunArgs, WorkerArgs
+    from batcher.run.recover import RecoverReport
     from batcher.run.rerun import RerunPlan, RerunResult
     from batcher.run.summary import RunSummary
     from batcher.settings import ApiConfig
@@ -486,5 +487,34 @@ async def account_async(*, base_url: str | None = None, env: Environ = None) -> 
         return await retry.read(client.get_account)
 
 
+async def recover_async(
+    batch: str,
+    *,
+    from_manifest: PathLike,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    db: str | None = None,
+    base_url: str | None = None,
+    env: Environ = None,
+) -> RecoverReport:
+    """Rebuild batch `batch`, which the ledger lost, from its manifest: every item
+    the manifest lists, with its project id, credits and state, marked recovered;
+    then apply any rescue file and poll every known project again (as `reconcile`).
+    Items the manifest does not list are added as pending by the next `run` of the
+    job file. Refuses a batch the ledger has (ConfigError); a bad manifest line is
+    an InputError naming it, and nothing is written."""
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
+    from batcher.run.recover import recover_batch
+
+    return await recover_batch(
+        batch,
+        Path(from_manifest),
+        api=_api(base_url, env),
+        url=database_url(db, env),
+        concurrency=concurrency,
+    )
+
+
 reconcile = _blocking(reconcile_async, "reconcile")
+recover = _blocking(recover_async, "recover")
 account = _blocking(account_async, "account")

@@ -14,6 +14,8 @@ DEFAULT_BASE_URL = "https://api.magichour.ai"
 DEFAULT_DATABASE_URL = "sqlite:///batcher.db"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RENDER_RETRIES = 1
+# --ledger-hold: seconds a run holds answers in memory while the ledger is away.
+DEFAULT_LEDGER_HOLD_S = 300.0
 # The most one downloaded image may weigh (`--max-image-bytes`): far above any
 # real render (a 4k PNG is tens of MB), low enough that a body that never ends
 # cannot fill the disk. A download is streamed and stopped at the cap.

@@ -39,6 +39,7 @@ COMMAND_MODULES: dict[str, str] = {
     "db": "ledger",
     "account": "credits",
     "reconcile": "credits",
+    "recover": "recover",
     "worker": "runs",
     "gallery": "review",
     "review": "review",

@@ -18,6 +18,7 @@ from batcher.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_DOUBT_LIMIT,
     DEFAULT_GRACE,
+    DEFAULT_LEDGER_HOLD_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_OUTAGE_TOLERANCE,
@@ -182,6 +183,15 @@ run_options = _stack(
         default=DEFAULT_RENDER_RETRIES,
         show_default=True,
         help="Re-create a render that failed (and was refunded) this many times.",
+    ),
+    click.option(
+        "--ledger-hold",
+        type=click.FloatRange(0),
+        default=DEFAULT_LEDGER_HOLD_S,
+        show_default=True,
+        metavar="S",
+        help="While the ledger cannot be written, send nothing and hold answers this "
+        "long; then save them to a rescue file and exit 1.",
     ),
     click.option(
         "--batch-concurrency",

@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, Select, and_, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger.tables import BATCHES, CREDITS, ITEMS
+from batcher.ledger.tables import BATCHES, CREDITS, ITEMS, lock_items_where
 from batcher.ledger.transactions import Database
 from batcher.ledger.values import (
     FAILURE_DOWNLOAD,
@@ -31,6 +32,18 @@ from batcher.ledger.values import (
 )
 
 INSERT_CHUNK = 1000
+
+# ON CONFLICT DO NOTHING: two runs of one job started at once (cron overlap on
+# PostgreSQL) both create its batch and add its items; the second keeps the first's.
+_NEW_ITEMS = ["batch_id", "key"]
+_INSERT_ITEM = {
+    "sqlite": sqlite.insert(ITEMS).on_conflict_do_nothing(index_elements=_NEW_ITEMS),
+    "postgresql": postgresql.insert(ITEMS).on_conflict_do_nothing(index_elements=_NEW_ITEMS),
+}
+_INSERT_BATCH = {
+    "sqlite": sqlite.insert(BATCHES).on_conflict_do_nothing(index_elements=["name"]),
+    "postgresql": postgresql.insert(BATCHES).on_conflict_do_nothing(index_elements=["name"]),
+}
 
 
 def get_batch(db: Database, name: str) -> BatchRecord | None:
@@ -61,7 +74,7 @@ def open_batch(
         row = conn.execute(select(BATCHES).where(BATCHES.c.name == name)).first()
         if row is None:
             conn.execute(
-                insert(BATCHES).values(
+                _INSERT_BATCH[db.dialect].values(
                     name=name,
                     job_path=job_path,
                     job_hash=job_hash,
@@ -146,12 +159,10 @@ def sync_items(
             credits, exact = estimate(item.settings)
             chunk.append(_item_row(batch_id, item, credits, exact, project_name(item), now))
             if len(chunk) >= INSERT_CHUNK:
-                conn.execute(insert(ITEMS), chunk)
-                added += len(chunk)
+                added += _insert_new_items(db, conn, chunk)
                 chunk = []
         if chunk:
-            conn.execute(insert(ITEMS), chunk)
-            added += len(chunk)
+            added += _insert_new_items(db, conn, chunk)
         stale = sorted(existing - seen)
         dropped = 0
         for start in range(0, len(stale), INSERT_CHUNK):
@@ -251,6 +262,9 @@ def requeue(
 
     def work(conn: Connection) -> RequeueCounts:
         now = db.clock()
+        if db.postgres:
+            # In id order first, as a running worker's commits lock them (tables.py).
+            lock_items_where(conn, of_batch, ITEMS.c.state.in_(("failed", "unconfirmed")))
         retried = conn.execute(
             update(ITEMS)
             .where(of_batch, ITEMS.c.state == "failed", ITEMS.c.failure.in_(retryable))
@@ -459,6 +473,11 @@ def item_record(row: Row[Any]) -> ItemRecord:
         file_details=files,
         vars=vars_from_json(row.vars),
     )
+
+
+def _insert_new_items(db: Database, conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert item rows, skipping keys already in the batch; how many were inserted."""
+    return len(conn.execute(_INSERT_ITEM[db.dialect].returning(ITEMS.c.id), rows).all())
 
 
 def _item_row(

@@ -80,17 +80,19 @@ def stop_worker(db: Database, worker_id: str) -> None:
 
     def work(conn: Connection) -> None:
         now = db.clock()
+        # The worker's row first, then its items: the lock order of heartbeat and
+        # recover too (tables.py), so a peer recovering this worker cannot deadlock.
+        conn.execute(
+            update(WORKERS)
+            .where(WORKERS.c.id == worker_id)
+            .values(stopped_at=now, heartbeat_at=now, in_flight=0)
+        )
         _update_items(
             db,
             conn,
             [ITEMS.c.worker_id == worker_id, ITEMS.c.state != "sending"],
             worker_id=None,
             lease_expires_at=None,
-        )
-        conn.execute(
-            update(WORKERS)
-            .where(WORKERS.c.id == worker_id)
-            .values(stopped_at=now, heartbeat_at=now, in_flight=0)
         )
 
     db.write(work)

@@ -79,7 +79,10 @@ def connect(
             )
             configure_sqlite(engine, busy_timeout_s=timeout)
         else:
-            engine = create_engine(parsed, pool_pre_ping=True)
+            # A bounded connect: a server that vanished without a reset (a cut
+            # network) fails the attempt, which the run's ledger hold then retries.
+            connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except NoSuchModuleError:
         raise ConfigError(
             f"ledger {target.where}: no driver for {parsed.drivername!r}; for PostgreSQL "

@@ -22,12 +22,14 @@ from typing import Any
 
 from batcher.errors import ConfigError, LedgerMissingError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import batches, claims, engine, kinds, reviews, writes
+from batcher.ledger import batches, claims, engine, kinds, rebuild, rescue, reviews, writes
 from batcher.ledger import credits as credit_rows  # `credits` is a parameter name below
 from batcher.ledger.kinds import Kind, KindItems, SeenPrice
 from batcher.ledger.models import utcnow
+from batcher.ledger.rebuild import RebuildCounts, RebuiltItem
+from batcher.ledger.rescue import RescueApplied
 from batcher.ledger.reviews import ItemCredits, ReviewCounts, ReviewedImage, ReviewRecord
-from batcher.ledger.transactions import Clock, Database
+from batcher.ledger.transactions import Clock, Database, Target
 from batcher.ledger.values import (
     BatchRecord,
     BatchSummary,
@@ -61,6 +63,7 @@ class Ledger:
         create: bool = True,
         clock: Clock = utcnow,
         busy_timeout_s: float | None = None,
+        rescue_wait: bool = True,
     ) -> Ledger:
         """Open the ledger at `url`, applying pending migrations first.
 
@@ -68,12 +71,16 @@ class Ledger:
         not exist rather than reporting zeros from a new, empty one. Every problem
         with the URL or the database is a one-line BatcherError (see engine.py).
         `busy_timeout_s`: how long a write waits for another process's lock
-        (default: the URL's `?timeout=`, else 30 s).
+        (default: the URL's `?timeout=`, else 30 s). A rescue file a lost run left
+        (rescue.py) is applied first; `rescue_wait=False` (reports) leaves it for
+        later rather than wait for another process's write lock.
         """
         db = engine.connect(url, create=create, clock=clock, busy_timeout_s=busy_timeout_s)
         try:
             if upgrade:
                 engine.bring_to_head(db)
+                # Answers a run could not record (batcher.ledger.rescue), before anything else.
+                rescue.apply_rescue(db, wait=rescue_wait)
         except BaseException:
             db.dispose()
             raise
@@ -84,11 +91,26 @@ class Ledger:
         """The ledger at `url` for a report; if its SQLite file does not exist, an
         empty in-memory one (reports then show nothing) and False."""
         try:
-            return cls.open(url, create=False, clock=clock), True
+            return cls.open(url, create=False, clock=clock, rescue_wait=False), True
         except LedgerMissingError:
             db = engine.connect_memory(clock)
             engine.bring_to_head(db)
             return cls(db), False
+
+    @property
+    def target(self) -> Target:
+        """Where the ledger lives (for messages, the rescue file and the file watch)."""
+        return self._db.target
+
+    def rebuild_batch(
+        self, name: str, items: Sequence[RebuiltItem], *, settings: Mapping[str, Any]
+    ) -> RebuildCounts:
+        """Create a lost batch again from its manifest's items (see rebuild.py)."""
+        return rebuild.rebuild_batch(self._db, name, items, settings=settings)
+
+    def apply_rescue(self) -> list[RescueApplied]:
+        """Apply this ledger's rescue files again (after `recover` rebuilt a batch)."""
+        return rescue.apply_rescue(self._db)
 
     @property
     def dialect(self) -> str:
@@ -271,9 +293,16 @@ class Ledger:
 
     # ------------------------------------------------------------------ the runner's writes
 
-    def apply(self, ops: Sequence[LedgerOp]) -> list[bool | int | None]:
-        """Commit a group of operations in one transaction (see writes.py)."""
-        return writes.apply(self._db, ops)
+    def apply(
+        self, ops: Sequence[LedgerOp], *, at: datetime | None = None, again: bool = False
+    ) -> list[bool | int | None]:
+        """Commit a group of operations in one transaction (see writes.py; `at` and
+        `again`: a group tried again after a failure is never applied twice)."""
+        return writes.apply(self._db, ops, at=at, again=again)
+
+    def now(self) -> datetime:
+        """The ledger's clock."""
+        return self._db.clock()
 
     # ------------------------------------------------------------------ credits
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -137,6 +138,9 @@ class Item(Base):
     redo_of_item_id: Mapped[int | None] = mapped_column(
         ForeignKey("items.id", ondelete="SET NULL"), index=True
     )
+
+    # Rebuilt by `batcher recover` from the batch's manifest after its ledger was lost.
+    recovered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     worker_id: Mapped[str | None] = mapped_column(String(64), index=True)
     lease_expires_at: Mapped[datetime | None]

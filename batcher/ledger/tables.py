@@ -3,11 +3,14 @@
 The ledger's queries are Core statements (several are built once and reused
 with executemany); the ORM classes in `models` only declare the schema.
 
-Lock order (PostgreSQL): a transaction that updates several item rows locks
-them first, in ascending id, with `lock_items`; only then the batch row. A
-worker's heartbeat and its own group commit touch the same items, and two
-transactions that take row locks in one order cannot deadlock. (SQLite has one
-writer at a time: nothing to order.)
+Lock order (PostgreSQL), in every transaction that takes more than one row
+lock: workers rows first, then item rows in ascending id (`lock_items`,
+`lock_items_where`), then the batch row. A worker's heartbeat and its own
+group commit touch the same items; a peer recovering a worker and that worker
+stopping touch its row and its items; resume's requeue and a running worker's
+commits touch items of one batch. Transactions that take row locks in one order
+cannot deadlock. Claims never wait (SKIP LOCKED). (SQLite has one writer at a
+time: nothing to order.)
 """
 
 from __future__ import annotations

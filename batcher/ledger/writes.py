@@ -123,6 +123,10 @@ _RENDER_FINISHED = (
     )
 )
 
+_LOOK_BACK = select(
+    ITEMS.c.id, ITEMS.c.state, ITEMS.c.sent_at, ITEMS.c.worker_id, ITEMS.c.updated_at
+).where(ITEMS.c.id.in_(bindparam("item_ids", expanding=True)))
+
 _RELEASE = (
     update(ITEMS)
     .where(ITEMS.c.id.in_(bindparam("item_ids", expanding=True)), ITEMS.c.state != "sending")
@@ -181,17 +185,33 @@ _INSERT_CREDIT = {
 # --------------------------------------------------------------------------- apply
 
 
-def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | int | None]:
+def apply(
+    db: Database, ops: Sequence[LedgerOp], *, at: datetime | None = None, again: bool = False
+) -> list[bool | int | None]:
     """Commit a group of operations in one transaction.
 
     Returns, per operation, True/False for `BeginSend` (accepted or refused
     for budget) and None for the others. Should one row sink the group (a
     constraint), each operation is applied alone so that it cannot sink the rest.
+
+    `at`: the group's timestamp, the same on every try. `again`: an earlier try
+    failed, and may have committed all the same (a PostgreSQL connection lost
+    after COMMIT was sent): if its timestamp is on the items, the group is not
+    applied twice, and its results are read back.
     """
     if not ops:
         return []
+    now = at or db.clock()
+
+    def work(conn: Connection) -> list[bool | int | None]:
+        if again:
+            done = _committed_before(conn, ops, now)
+            if done is not None:
+                return done
+        return apply_in(db, conn, ops, now=now)
+
     try:
-        return db.write(lambda conn: _apply(db, conn, ops))
+        return db.write(work)
     except LedgerError as exc:
         if len(ops) == 1 or not isinstance(exc.__cause__, IntegrityError | DataError):
             raise
@@ -201,11 +221,14 @@ def apply(db: Database, ops: Sequence[LedgerOp]) -> list[bool | int | None]:
             exc,
             extra={"event": "ledger.group_split", "operations": len(ops)},
         )
-    return [result for op in ops for result in apply(db, [op])]
+    return [result for op in ops for result in apply(db, [op], at=now, again=again)]
 
 
-def _apply(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool | int | None]:
-    now = db.clock()
+def apply_in(
+    db: Database, conn: Connection, ops: Sequence[LedgerOp], *, now: datetime | None = None
+) -> list[bool | int | None]:
+    """The operations of `apply`, inside a transaction the caller holds (the rescue file)."""
+    now = now or db.clock()
     if db.postgres:
         lock_items(conn, [item_id for op in ops for item_id in _item_ids(op)])
     deltas = Deltas()
@@ -229,18 +252,46 @@ def _apply(db: Database, conn: Connection, ops: Sequence[LedgerOp]) -> list[bool
     return results
 
 
+def _committed_before(
+    conn: Connection, ops: Sequence[LedgerOp], now: datetime
+) -> list[bool | int | None] | None:
+    """The results of this group if an earlier try of it committed (its timestamp
+    is on its items: every operation but ReleaseClaims sets updated_at), else None."""
+    ids = [op.item_id for op in ops if not isinstance(op, ReleaseClaims)]
+    if not ids:
+        return None
+    rows = {row.id: row for row in conn.execute(_LOOK_BACK, {"item_ids": ids})}
+    if not any(row.updated_at == now for row in rows.values()):
+        return None
+    log.warning(
+        "a group commit that seemed lost had reached the ledger; not applied twice",
+        extra={"event": "ledger.commit_found", "operations": len(ops)},
+    )
+    results: list[bool | int | None] = []
+    for op in ops:
+        row = rows.get(op.item_id) if isinstance(op, BeginSend) else None
+        if row is None or not isinstance(op, BeginSend):
+            results.append(None)
+        elif row.state == "sending" and row.sent_at == now:
+            results.append(True)
+        else:
+            # Still ours and not begun: refused for budget; otherwise another's.
+            results.append(False if row.worker_id == op.worker_id else None)
+    return results
+
+
 def _item_ids(op: LedgerOp) -> tuple[int, ...]:
     return op.item_ids if isinstance(op, ReleaseClaims) else (op.item_id,)
 
 
 def _apply_begin_send(
     db: Database, conn: Connection, ops: list[BeginSend], deltas: Deltas, now: datetime
-) -> list[bool | None]:
+) -> list[bool | int | None]:
     """True: send may proceed. False: no room in the budget. None: the item is
     no longer this worker's (its lease lapsed and another worker took it)."""
     if not ops:
         return []
-    accepted: list[bool | None] = [True] * len(ops)
+    accepted: list[bool | int | None] = [True] * len(ops)
     query = _BUDGET_LOCKED if db.postgres else _BUDGET
     for batch_id in sorted({op.batch_id for op in ops if op.budgeted}):
         budget, net, reserved = conn.execute(query, {"batch": batch_id}).one()

@@ -15,6 +15,7 @@ them when the work is done, interrupted or failed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import anyio
 
 from batcher.client.limits import AdaptiveLimiter
+from batcher.errors import LedgerLostError
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, LedgerWriter
 from batcher.run.breaker import DoubtBreaker
 from batcher.run.feeder import Feeder
@@ -50,6 +52,7 @@ from batcher.run.state import (
 from batcher.settings import (
     DEFAULT_DOUBT_LIMIT,
     DEFAULT_GRACE,
+    DEFAULT_LEDGER_HOLD_S,
     DEFAULT_OUTAGE_TOLERANCE,
     DEFAULT_RENDER_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
@@ -93,6 +96,9 @@ class RunOptions:
     claim_page: int = 0  # 0: four times the concurrency, at most feeder.CLAIM_PAGE_MAX
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
+    ledger_hold_s: float = (
+        DEFAULT_LEDGER_HOLD_S  # --ledger-hold: how long answers wait for the ledger
+    )
     # Poll every known render before sending (resume's promise). A worker joining
     # a --no-wait batch skips it: the renders its peers just submitted are theirs.
     poll_known_first: bool = True
@@ -140,9 +146,9 @@ class BatchRun:
         self.batch = batch
         self.options = options
         self.out_dir = batch_folder(options.out_dir, batch.name) if options.download else None
-        self.state = RunState(
-            LedgerWriter(ledger), Manifest(batch_folder(options.out_dir, batch.name))
-        )
+        writer = LedgerWriter(ledger, hold_s=options.ledger_hold_s, batch=batch.name)
+        self.state = RunState(writer, Manifest(batch_folder(options.out_dir, batch.name)))
+        writer.on_lost(self.state.fail)
         self.counters = self.state.counters
         self.limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)
         gate = RenderGate()
@@ -193,8 +199,10 @@ class BatchRun:
     # ------------------------------------------------------------------ control
 
     def interrupt(self) -> None:
-        """Ctrl-C: stop at once, except creates already on the wire, which are recorded."""
+        """Ctrl-C: stop at once, except creates already on the wire, which are recorded
+        (or, if the ledger is away, saved to the rescue file without waiting for it)."""
         self.state.interrupt()
+        self.state.writer.stop_holding()
 
     def abort(self) -> None:
         """A second Ctrl-C: cancel creates in flight too; they are recorded as in doubt."""
@@ -224,6 +232,8 @@ class BatchRun:
                 services.start_soon(watch_stall, self.state, self.options.stall_timeout)
                 try:
                     await self._work()
+                    # Before the end is summed up: a ledger file gone now would be missed.
+                    self._check_file()
                 finally:
                     services.cancel_scope.cancel()
         finally:
@@ -233,6 +243,11 @@ class BatchRun:
         if self.state.fatal is not None:
             raise self.state.fatal
         return await self._result()
+
+    def _check_file(self) -> None:
+        # A loss is told to the state (fail): the run raises it below.
+        with contextlib.suppress(LedgerLostError):
+            self.state.writer.check_file()
 
     async def _work(self) -> None:
         if self.state.halted():  # interrupted before it began

@@ -59,6 +59,7 @@ class WorkerArgs(WhereArgs, total=False):
     create_timeout: float  # a create's overall deadline, seconds (then in doubt)
     grace: float  # seconds after the first signal before creates in flight are given up
     poll_timeout: float  # the floor of a poll's read timeout, seconds
+    ledger_hold: float  # seconds to wait for a ledger that cannot commit, then rescue
     # Reports for cron and monitoring:
     metrics_file: PathLike | None  # Prometheus text, rewritten every 15 s and at the end
     notify: Sequence[str]  # Apprise URLs told once when the run ends

@@ -12,14 +12,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from batcher.client.limits import AdaptiveLimiter
+from batcher.errors import LedgerLostError
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, WorkerRecord
 from batcher.ledger.models import utcnow
 from batcher.run.follower import Follower
@@ -27,6 +30,8 @@ from batcher.run.liveness import is_dead
 from batcher.run.state import RunState, in_thread
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Items claimed per query: large pages make claims cheap per item, small ones
 # leave more for other workers; a worker holds about this many unsent items.
@@ -78,8 +83,10 @@ class Feeder:
         await in_thread(self._ledger.register_worker, self._worker)
 
     async def leave(self) -> None:
-        """This worker stops: its claims are handed back."""
-        await in_thread(self._ledger.stop_worker, self._worker.id)
+        """This worker stops: its claims are handed back (their leases lapse instead
+        if the ledger was lost)."""
+        with contextlib.suppress(LedgerLostError):
+            await self._call(self._ledger.stop_worker, self._worker.id)
 
     async def keep_alive(self) -> None:
         """Beat every heartbeat_s, renewing this worker's leases (until cancelled)."""
@@ -87,25 +94,33 @@ class Feeder:
         while True:
             await anyio.sleep(self._heartbeat_s)
             try:
-                await in_thread(
+                await self._call(
                     self._ledger.heartbeat,
                     self._worker.id,
                     lease_until=self._lease_until(),
                     in_flight=counters.in_flight + counters.rendering,
                 )
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+            except LedgerLostError:
+                return
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
 
     async def share_ceilings(self) -> None:
         """Keep this worker to its share of the batch's shared ceilings, if any:
         N workers split them instead of multiplying them (until cancelled)."""
+        try:
+            await self._share_ceilings()
+        except LedgerLostError:
+            return
+
+    async def _share_ceilings(self) -> None:
         own_ceiling, own_rate = self._limiter.ceiling, self._limiter.rate
         while True:
-            batch = await in_thread(self._ledger.get_batch_by_id, self._batch.id)
+            batch = await self._call(self._ledger.get_batch_by_id, self._batch.id)
             if batch.shared_concurrency is not None or batch.shared_rate is not None:
                 workers = max(
                     1,
-                    await in_thread(self._ledger.live_worker_count, self._batch.id, self._lease_s),
+                    await self._call(self._ledger.live_worker_count, self._batch.id, self._lease_s),
                 )
                 ceiling, rate = own_ceiling, own_rate
                 if batch.shared_concurrency is not None:
@@ -141,6 +156,8 @@ class Feeder:
                         await state.release(items[index:])
                         break
                     await sends.send(item)
+        except LedgerLostError:
+            pass  # the writer told the state (fail): the run stops and raises it
         finally:
             state.feeding_done()
 
@@ -151,7 +168,7 @@ class Feeder:
             items = await self._claim("submitted")
             if not items:
                 return adopted
-            charges = await in_thread(
+            charges = await self._call(
                 self._ledger.project_charges, [i.project_id for i in items if i.project_id]
             )
             net = {project: charged - refunded for project, (charged, refunded) in charges.items()}
@@ -162,7 +179,7 @@ class Feeder:
     async def _claim(self, state: str) -> list[ItemRecord]:
         """The next page of unclaimed items in `state`, now held by this worker
         (pending ones among the canary's, in a canary)."""
-        items: list[ItemRecord] = await in_thread(
+        items: list[ItemRecord] = await self._call(
             self._ledger.claim,
             self._batch.id,
             self._worker.id,
@@ -171,22 +188,27 @@ class Feeder:
             lease_until=self._lease_until(),
             only=self._only if state == "pending" else None,
         )
+        self._state.writer.know(items)
         return items
 
     async def _others_hold_work(self) -> bool:
         """Other live workers hold items that may come back (their lease may expire).
         Settles what dead workers left first, so their items are claimable now."""
         await self._recover()
-        held: int = await in_thread(self._ledger.held_elsewhere, self._batch.id, self._worker.id)
+        held: int = await self._call(self._ledger.held_elsewhere, self._batch.id, self._worker.id)
         return bool(held)
 
     async def _recover(self) -> None:
         me, lease_s = self._worker.id, self._lease_s
-        await in_thread(
+        await self._call(
             self._ledger.recover,
             self._batch.id,
             is_dead=lambda w: is_dead(w, me=me, lease_s=lease_s),
         )
+
+    async def _call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A ledger call, held through a ledger outage like the run's writes."""
+        return await self._state.writer.call(func, *args, **kwargs)
 
     def _lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self._lease_s)

@@ -45,7 +45,9 @@ class ImageFile:
 
 @dataclass(frozen=True, slots=True)
 class ManifestLine:
-    """What one finished item produced and cost."""
+    """What one item produced and cost: a line when it is created (state
+    `submitted`: its project id and charge), superseded by the line written
+    when it finishes."""
 
     key: str
     prompt: str
@@ -62,6 +64,10 @@ class ManifestLine:
     finished_at: datetime | None = None
     files: tuple[ImageFile, ...] = ()
     error: str | None = None
+    # What `batcher recover` needs beyond the above to rebuild the item in a new
+    # ledger: the name its create was sent with, and its place in the job.
+    project_name: str | None = None
+    ordinal: int | None = None
 
     @classmethod
     def of_item(
@@ -94,6 +100,8 @@ class ManifestLine:
             finished_at=finished_at or utcnow(),
             files=tuple(files),
             error=error,
+            project_name=item.project_name,
+            ordinal=item.ordinal,
         )
 
     def with_files(self, files: Sequence[ImageFile]) -> ManifestLine:
@@ -117,6 +125,8 @@ class ManifestLine:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "files": [f.as_json() for f in self.files],
             "error": scrub_optional(self.error),
+            "project_name": self.project_name,
+            "ordinal": self.ordinal,
         }
 
 

@@ -46,6 +46,7 @@ from batcher.run.canary_run import CanaryStep, run_with_canary
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
 from batcher.run.files import MANIFEST, batch_folder, prepare_folder
 from batcher.run.observer import RunObserver, RunProgress, to_settle
+from batcher.run.recover import refuse_lost_batch
 from batcher.run.reporting import check_reports, reporting
 from batcher.run.rerun import (
     REJECT,
@@ -64,6 +65,7 @@ from batcher.settings import (
     DEFAULT_CREATE_TIMEOUT,
     DEFAULT_DOUBT_LIMIT,
     DEFAULT_GRACE,
+    DEFAULT_LEDGER_HOLD_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_OUTAGE_TOLERANCE,
@@ -95,6 +97,7 @@ class SendSettings:
     render_timeout: float = DEFAULT_RENDER_TIMEOUT  # seconds a render is followed
     gallery: bool = True  # refresh out/<batch>/index.html at the end (False: --no-gallery)
     render_retries: int = DEFAULT_RENDER_RETRIES
+    ledger_hold: float = DEFAULT_LEDGER_HOLD_S  # seconds answers wait for the ledger
     batch_concurrency: int | None = None
     batch_rate: float | None = None
     preflight: bool = True
@@ -131,6 +134,8 @@ class SendSettings:
             raise ConfigError(f"rate must be above 0 requests per second, not {self.rate}")
         if self.budget is not None and self.budget < 0:
             raise ConfigError(f"budget must be 0 or more credits, not {self.budget}")
+        if self.ledger_hold < 0:
+            raise ConfigError(f"ledger_hold must be 0 or more seconds, not {self.ledger_hold}")
         if self.render_retries < 0:
             raise ConfigError(f"render_retries must be 0 or more, not {self.render_retries}")
         if self.max_image_bytes < 1:
@@ -156,6 +161,7 @@ class SendSettings:
             stall_timeout=self.stall_timeout,
             grace=self.grace,
             render_timeout=self.render_timeout,
+            ledger_hold_s=self.ledger_hold,
         )
 
     def timeouts(self) -> Timeouts:
@@ -244,6 +250,9 @@ async def run_jobs(
         if settings.preflight:
             await check_api_first(endpoint.api)  # a bad key or URL: nothing written
         with await _open_ledger(context.db_url, create=True) as ledger:
+            for spec in specs:
+                # A batch the ledger lost (its manifest lists items): refused, nothing sent.
+                refuse_lost_batch(ledger, spec.name, batch_folder(settings.out, spec.name))
             for spec in specs:
                 warn = _Warnings(observer)
                 for problem in spec.warnings:

@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 
 from batcher.client.magic_hour import CreatedProject, ProjectStatus
-from batcher.errors import AuthError, OutputError
+from batcher.errors import AuthError, LedgerLostError, OutputError
 from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
 from batcher.run.manifest_line import ImageFile, ManifestLine
@@ -51,6 +51,7 @@ STOP_AUTH = "auth"
 STOP_OUTPUT = "output"  # the output folder cannot be written (a full disk)
 STOP_DOUBT = "doubt"  # creates kept coming back in doubt (batcher.run.breaker)
 STOP_STALLED = "stalled"  # no progress for --stall-timeout (batcher.run.stall)
+STOP_LEDGER = "ledger"  # the ledger was lost: away past --ledger-hold, or its file went away
 
 
 class ImageApi(Protocol):
@@ -101,7 +102,8 @@ class RunState:
         self.writer = writer
         self.stopped: str | None = None  # STOP_*, the first reason sending stopped
         self.stop_detail: str | None = None
-        self.fatal: AuthError | None = None  # raised by the run once it has stopped
+        # Raised by the run once it has stopped: the key rejected, the ledger lost.
+        self.fatal: AuthError | LedgerLostError | None = None
         self.notices = Notices()  # odd answers met, for the summary's warnings
         self._manifest = manifest
         self._manifest_failed = False
@@ -135,18 +137,22 @@ class RunState:
         self.halt(reason, detail)
         self._done.set()
 
-    def fail(self, exc: AuthError) -> None:
-        """The key was rejected after the run began (revoked?): nothing more can
-        work. Stop everything (creates on the wire are still recorded); the run
-        raises it, as a one-line error that names the key's variable."""
+    def fail(self, exc: AuthError | LedgerLostError) -> None:
+        """The key was rejected after the run began (revoked?), or the ledger was
+        lost: nothing more can work. Stop everything (creates on the wire are still
+        recorded); the run raises it, as a one-line error (a rejected key's names
+        the key's variable)."""
         if self.fatal is None:
-            self.fatal = AuthError(
-                exc.status,
-                f"{exc.message}. The API rejected the key in {API_KEY_ENV} during the "
-                "run (revoked?): sending stopped, creates in flight were recorded. "
-                "Set a valid key, then `batcher resume` the batch",
-            )
-        self.halt(STOP_AUTH, str(exc))
+            if isinstance(exc, LedgerLostError):
+                self.fatal = exc
+            else:
+                self.fatal = AuthError(
+                    exc.status,
+                    f"{exc.message}. The API rejected the key in {API_KEY_ENV} during the "
+                    "run (revoked?): sending stopped, creates in flight were recorded. "
+                    "Set a valid key, then `batcher resume` the batch",
+                )
+        self.halt(STOP_LEDGER if isinstance(exc, LedgerLostError) else STOP_AUTH, str(exc))
         self._done.set()
 
     def notice(self, kind: str, example: str) -> None:

@@ -361,6 +361,8 @@ def test_manifest_line_shape() -> None:
         "finished_at",
         "files",
         "error",
+        "project_name",
+        "ordinal",
     ]
     assert document["files"] == [
         {"path": "out/a.png", "sha256": "ab" * 32, "bytes": 10, "width": 2, "height": 3}
