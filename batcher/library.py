@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from batcher.reports.status import StatusReport
     from batcher.run.observer import RunObserver
     from batcher.run.rerun import RerunPlan, RerunResult
+    from batcher.run.webhooks import WebhookListen
     from batcher.settings import ApiConfig
 
 DEFAULT_GROUP_BY = ("batch",)
@@ -65,6 +66,13 @@ Environ = Mapping[str, str] | None
 def _catalog_path(catalog: PathLike | None, env: Environ) -> str | None:
     environ = os.environ if env is None else env
     return os.fspath(catalog) if catalog is not None else environ.get(CATALOG_ENV) or None
+
+
+def _webhook(listen: str | None, env: Environ) -> WebhookListen | None:
+    """`--webhook-listen` and its secret (MAGIC_HOUR_WEBHOOK_SECRET), checked now."""
+    from batcher.run.webhooks import webhook_settings
+
+    return webhook_settings(listen, os.environ if env is None else env)
 
 
 def _paths(jobs: PathLike | Sequence[PathLike]) -> list[str]:
@@ -176,6 +184,7 @@ async def run_many_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    webhook_listen: str | None = None,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -211,6 +220,7 @@ async def run_many_async(
         preflight=preflight,
         resend_unconfirmed=resend_unconfirmed,
         retry_failed=retry_failed,
+        webhook=_webhook(webhook_listen, env),
     )
     context = Context.resolve(
         db=db,
@@ -251,6 +261,7 @@ async def run_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    webhook_listen: str | None = None,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -290,6 +301,7 @@ async def run_async(
         preflight=preflight,
         resend_unconfirmed=resend_unconfirmed,
         retry_failed=retry_failed,
+        webhook_listen=webhook_listen,
         db=db,
         catalog=catalog,
         base_url=base_url,
@@ -319,6 +331,7 @@ async def resume_async(
     preflight: bool = True,
     resend_unconfirmed: bool = False,
     retry_failed: bool = False,
+    webhook_listen: str | None = None,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -355,6 +368,7 @@ async def resume_async(
             preflight=preflight,
             resend_unconfirmed=resend_unconfirmed,
             retry_failed=retry_failed,
+            webhook=_webhook(webhook_listen, env),
         ),
         context=Context.resolve(
             db=db,
@@ -383,6 +397,7 @@ async def worker_async(
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
     preflight: bool = True,
+    webhook_listen: str | None = None,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -412,6 +427,7 @@ async def worker_async(
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
             preflight=preflight,
+            webhook=_webhook(webhook_listen, env),
         ),
         context=Context.resolve(
             db=db,

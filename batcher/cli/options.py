@@ -157,6 +157,13 @@ run_options = _stack(
         "(stored in the ledger; 0 clears it).",
     ),
     click.option(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="Serve the account's webhook here during the run (any path, POST); polls "
+        "become a fallback for lost events. Needs MAGIC_HOUR_WEBHOOK_SECRET "
+        "[env: MAGIC_HOUR_WEBHOOK_SECRET].",
+    ),
+    click.option(
         "--no-preflight",
         is_flag=True,
         help="Skip the account check (balance and tier) before sending.",

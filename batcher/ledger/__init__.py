@@ -48,6 +48,7 @@ from batcher.ledger.values import (
     SyncResult,
     WorkerRecord,
 )
+from batcher.ledger.webhooks import StoredEvent, WebhookCounts
 from batcher.ledger.writer import LedgerWriter
 
 __all__ = [
@@ -85,7 +86,9 @@ __all__ = [
     "ReviewedImage",
     "SavedFile",
     "SendFailed",
+    "StoredEvent",
     "SyncResult",
+    "WebhookCounts",
     "WorkerRecord",
     "display_url",
     "utcnow",

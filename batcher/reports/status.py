@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any, Final
 
 from batcher.errors import ConfigError
-from batcher.ledger import STATES, Ledger, ReviewCounts, utcnow
+from batcher.ledger import STATES, Ledger, ReviewCounts, WebhookCounts, utcnow
 from batcher.run.liveness import LEASE_S
 
 NO_REVIEWS: Final = ReviewCounts(picked=0, rejected=0)
+NO_WEBHOOKS: Final = WebhookCounts(events=0, deliveries=0, rejected=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,8 @@ class BatchStatus:
     budget: int | None
     stale_leases: int
     reviews: ReviewCounts = NO_REVIEWS  # images picked and rejected (decisions in force)
+    # Webhook events received for the batch's projects, and deliveries refused.
+    webhooks: WebhookCounts = NO_WEBHOOKS
 
     @property
     def credits_net(self) -> int:
@@ -99,6 +102,7 @@ def status_report(
                 budget=s.budget,
                 stale_leases=stale.get(s.id, 0),
                 reviews=ledger.review_counts(s.id),
+                webhooks=ledger.webhook_counts(s.id),
             )
             for s in summaries
         ),
@@ -109,7 +113,8 @@ def status_report(
 
 def status_json(report: StatusReport) -> dict[str, Any]:
     """`status --json`: the shape DESIGN.md documents, plus budget, workers and
-    the review decisions in force (`reviews: {picked, rejected}`, images)."""
+    the review decisions in force (`reviews: {picked, rejected}`, images) and the
+    webhook events (`webhooks: {events, deliveries, rejected}`)."""
     return {
         "batches": [
             {
@@ -123,6 +128,11 @@ def status_json(report: StatusReport) -> dict[str, Any]:
                 "budget": b.budget,
                 "stale_leases": b.stale_leases,
                 "reviews": {"picked": b.reviews.picked, "rejected": b.reviews.rejected},
+                "webhooks": {
+                    "events": b.webhooks.events,
+                    "deliveries": b.webhooks.deliveries,
+                    "rejected": b.webhooks.rejected,
+                },
                 "workers": [
                     {
                         "id": w.id,

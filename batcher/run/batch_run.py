@@ -15,17 +15,21 @@ them when the work is done, interrupted or failed.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, LedgerWriter
 from batcher.run.feeder import Feeder
 from batcher.run.files import Manifest, batch_folder, prepare_folder
 from batcher.run.follower import Follower
+from batcher.run.inbox import WebhookInbox
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.liveness import HEARTBEAT_S, LEASE_S, new_worker
 from batcher.run.pacing import RenderGate
@@ -41,6 +45,13 @@ from batcher.run.state import (
     RunCounters,
     RunState,
     in_thread,
+)
+from batcher.run.webhooks import (
+    UNBOUNDED,
+    Arrival,
+    WebhookListen,
+    WebhookReceiver,
+    listening_socket,
 )
 
 __all__ = [
@@ -79,6 +90,9 @@ class RunOptions:
     # Poll every known render before sending (resume's promise). A worker joining
     # a --no-wait batch skips it: the renders its peers just submitted are theirs.
     poll_known_first: bool = True
+    # Serve the account's webhook during the run (--webhook-listen); polls become
+    # the fallback for lost events.
+    webhook: WebhookListen | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +147,10 @@ class BatchRun:
             out_dir=self.out_dir,
             batch_name=batch.name,
             metadata=options.metadata,
+            listening=options.webhook is not None and options.wait,
         )
+        self.inbox = WebhookInbox(ledger, self.follower, batch_id=batch.id, worker_id=worker.id)
+        self.webhook_port: int | None = None  # where the receiver listens, once it does
         self.sender = Sender(
             self.state,
             client,
@@ -183,6 +200,14 @@ class BatchRun:
         if self.out_dir is not None:
             # Before anything is sent: an unwritable folder is found for free.
             await in_thread(prepare_folder, self.out_dir)
+        with contextlib.ExitStack() as sockets:
+            # Bound before anything is sent: a port in use is refused for free.
+            sock = None
+            if self.options.webhook is not None:
+                sock = sockets.enter_context(listening_socket(self.options.webhook))
+            return await self._run(sock)
+
+    async def _run(self, sock: socket.socket | None) -> RunResult:
         await self.feeder.join()
         self.sender.learn_charges(await in_thread(self.ledger.observed_charges, self.batch.id))
         try:
@@ -190,6 +215,7 @@ class BatchRun:
                 services.start_soon(self.state.writer.serve)
                 services.start_soon(self.feeder.keep_alive)
                 services.start_soon(self.feeder.share_ceilings)
+                await self._serve_webhooks(services, sock)
                 try:
                     await self._work()
                 finally:
@@ -201,6 +227,22 @@ class BatchRun:
         if self.state.fatal is not None:
             raise self.state.fatal
         return await self._result()
+
+    async def _serve_webhooks(
+        self, services: anyio.abc.TaskGroup, sock: socket.socket | None
+    ) -> None:
+        """The receiver and its inbox; and, on a shared ledger, the look at events
+        other workers received."""
+        if not self.options.wait:
+            return
+        if sock is not None and self.options.webhook is not None:
+            arrivals_tx, arrivals_rx = anyio.create_memory_object_stream[Arrival](UNBOUNDED)
+            receiver = WebhookReceiver(self.options.webhook, sock, arrivals_tx, self.counters)
+            services.start_soon(self.inbox.take, arrivals_rx)
+            await services.start(receiver.serve)
+            self.webhook_port = receiver.port
+        if sock is not None or self.ledger.dialect == "postgresql":
+            services.start_soon(self.inbox.watch)
 
     async def _work(self) -> None:
         if self.state.halted():  # interrupted before it began

@@ -12,6 +12,7 @@ from typing import Final
 from batcher.errors import ConfigError
 from batcher.ledger import BatchRecord, Ledger
 from batcher.run.prepare import require_key
+from batcher.run.webhooks import WebhookListen
 from batcher.settings import ApiConfig
 
 # Recorded in a batch's settings when it ran against `--sandbox`: that emulator
@@ -33,9 +34,11 @@ def open_endpoint(
     base_url: str | None,
     environ: Mapping[str, str] | None,
     on_sandbox: Callable[[str], None] | None = None,
+    webhook: WebhookListen | None = None,
 ) -> Iterator[Endpoint]:
     """The API to talk to. With `sandbox`, an emulator on a free loopback port for
-    the duration of the block (no key needed, nothing charged); otherwise the base
+    the duration of the block (no key needed, nothing charged), whose webhook
+    points at the run's receiver when `webhook` is given; otherwise the base
     URL (flag over environment over default) and the key, which must be set."""
     if not sandbox:
         api = ApiConfig.from_env(base_url, environ)
@@ -45,7 +48,15 @@ def open_endpoint(
     # Imported here: the emulator pulls in uvicorn, needed only with --sandbox.
     from batcher.sandbox import SandboxConfig, running_sandbox
 
-    with running_sandbox(SandboxConfig()) as emulator:
+    config = SandboxConfig()
+    if webhook is not None:
+        if webhook.port == 0:
+            raise ConfigError(
+                "--webhook-listen with --sandbox needs a port (not 0): the sandbox is "
+                "told where to send its events before the run starts"
+            )
+        config = SandboxConfig(webhook_url=webhook.url, webhook_secret=webhook.secret)
+    with running_sandbox(config) as emulator:
         if on_sandbox is not None:
             on_sandbox(emulator.base_url)
         yield Endpoint(

@@ -11,6 +11,13 @@ A render this run created is looked at when the poll planner expects it done
 (it learns render times as renders finish); one created earlier (adopted) is
 looked at once at once: its age is unknown.
 
+With the webhook receiver on (`--webhook-listen`), a verified event settles a
+render like a poll answer (`on_event`), and polls are only the fallback for
+a lost event (first after 60 s, then at widening gaps). Whichever comes
+first, the event or a poll, settles the render; the other is ignored. An
+event for a project not followed (yet) is kept a while: the create's answer
+may still be on its way to being recorded.
+
 A full disk (OutputError) stops the downloads and, through the run state, the
 sending. The render whose images could not be saved, and every render still
 followed, is handed back `submitted` with its project id: `resume` polls it
@@ -34,6 +41,7 @@ import heapq
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +67,7 @@ from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderF
 from batcher.run.files import download_name, image_stem
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.manifest_line import ImageFile, ManifestLine
-from batcher.run.pacing import PollPlanner, RenderGate
+from batcher.run.pacing import PollPlanner, RenderGate, fallback_delay
 from batcher.run.provenance import finalize_image
 from batcher.run.state import STOP_OUTPUT, ImageApi, RunState
 
@@ -72,6 +80,9 @@ DOWNLOAD_ROUNDS = 3
 # A poll that failed through all its retries: look again this much later.
 POLL_AGAIN_S = 5.0
 NOT_FOUND = 404
+# Events for projects not followed (foreign ones, or early ones whose create is
+# still being recorded): the latest this many are kept.
+EARLY_EVENTS_KEPT = 10_000
 
 
 @dataclass(slots=True)
@@ -88,6 +99,7 @@ class _Render:
     # Created by this run: its age is a render time the poll planner can learn from.
     # An adopted render was created who knows when.
     age_known: bool = True
+    ended: bool = False  # settled (by a poll or an event): nothing more to do
 
 
 class Follower:
@@ -111,8 +123,12 @@ class Follower:
         out_dir: Path | None,
         batch_name: str = "",
         metadata: bool = True,
+        listening: bool = False,
     ) -> None:
         self.planner = PollPlanner()
+        self._listening = listening  # webhooks settle renders; polls are the fallback
+        self._followed: dict[str, _Render] = {}  # by project id
+        self._early: OrderedDict[str, ProjectStatus] = OrderedDict()
         self._state = state
         self._counters = state.counters
         self._client = client
@@ -159,7 +175,10 @@ class Follower:
         submitted = dataclasses.replace(
             item, state="submitted", project_id=project_id, attempts=item.attempts + 1
         )
-        self._plan(_Render(submitted, project_id, charged, time.monotonic()))
+        render = _Render(submitted, project_id, charged, time.monotonic())
+        self._followed[project_id] = render
+        if not self._event_came_early(render):
+            self._plan(render)
 
     def adopt(
         self, items: Sequence[ItemRecord], charged: Mapping[str, int], *, first_look: bool
@@ -180,18 +199,66 @@ class Follower:
                 first_look=first_look,
                 age_known=False,
             )
-            self._poll_now(render)  # age unknown: look now
+            self._followed[render.project_id] = render
+            if not self._event_came_early(render):
+                self._poll_now(render)  # age unknown: look now
 
     async def first_looks_done(self) -> None:
         """Every render adopted with `first_look` has been looked at once."""
         while self._first_looks_left > 0:
             await self._first_looks_seen.wait()
 
+    # ------------------------------------------------------------------ webhook events
+
+    def on_event(self, status: ProjectStatus) -> None:
+        """A verified webhook event (or one another worker stored): the project as a
+        poll would show it. Settles the render if it is followed here and not yet
+        settled; otherwise it is kept a while, for a create still being recorded."""
+        render = self._followed.get(status.project_id)
+        if render is None:
+            self._early[status.project_id] = status
+            self._early.move_to_end(status.project_id)
+            while len(self._early) > EARLY_EVENTS_KEPT:
+                self._early.popitem(last=False)
+            return
+        if render.ended or status.status not in FINISHED or self._tasks is None:
+            return
+        self._tasks.start_soon(self._settle, render, status)
+
+    def _event_came_early(self, render: _Render) -> bool:
+        status = self._early.pop(render.project_id, None)
+        if status is None or status.status not in FINISHED or self._tasks is None:
+            return False
+        self._tasks.start_soon(self._settle, render, status)
+        return True
+
+    async def _settle(self, render: _Render, status: ProjectStatus) -> None:
+        """End a render from an event, exactly as a poll answer would."""
+        self._first_look_seen(render)
+        if self._cannot_write is not None or not self._end(render):
+            return
+        if render.age_known:
+            age = time.monotonic() - render.created_at
+            self.planner.observe(age, age)  # the event came as the render ended
+        await self._ended(render, status)
+
+    def _end(self, render: _Render) -> bool:
+        """Mark a render settled; False when something settled it already."""
+        if render.ended:
+            return False
+        render.ended = True
+        self._followed.pop(render.project_id, None)
+        return True
+
     # ------------------------------------------------------------------ the schedule
 
     def _plan(self, render: _Render) -> None:
         age = time.monotonic() - render.created_at
-        self._schedule_at(time.monotonic() + self.planner.next_delay(age, render.polls), render)
+        if self._listening:
+            delay = fallback_delay(age, render.polls)
+        else:
+            delay = self.planner.next_delay(age, render.polls)
+        self._schedule_at(time.monotonic() + delay, render)
 
     def _schedule_at(self, due: float, render: _Render) -> None:
         if self._cannot_write is not None:
@@ -213,7 +280,8 @@ class Follower:
             now = time.monotonic()
             while self._schedule and self._schedule[0][0] <= now:
                 _, _, render = heapq.heappop(self._schedule)
-                self._poll_now(render)
+                if not render.ended:
+                    self._poll_now(render)
             timeout = self._schedule[0][0] - now if self._schedule else math.inf
             with anyio.move_on_after(timeout):
                 await changed.wait()
@@ -240,9 +308,13 @@ class Follower:
         return status
 
     async def _poll(self, render: _Render) -> None:
+        if render.ended:  # an event settled it while it waited
+            self._first_look_seen(render)
+            return
         if self._cannot_write is not None:
             self._first_look_seen(render)
-            await self._let_go(render)
+            if self._end(render):
+                await self._let_go(render)
             return
         age = time.monotonic() - render.created_at
         try:
@@ -252,7 +324,10 @@ class Follower:
             return
         except (ApiError, TransportError) as exc:
             self._first_look_seen(render)
+            if _settled_meanwhile(render):
+                return
             if isinstance(exc, ApiError) and exc.status == NOT_FOUND:
+                self._end(render)
                 await self._render_failed(render, None, "not_found", exc.message)
                 return
             log.warning(
@@ -264,16 +339,23 @@ class Follower:
             return
         render.polls += 1
         self._first_look_seen(render)
+        if _settled_meanwhile(render):  # an event settled it during the GET
+            return
         if status.status not in FINISHED:
             render.last_pending_age = age
             if not self._wait:
                 # --no-wait: a resumed batch looks once, then leaves the render be.
+                self._end(render)
                 await self._let_go(render)
                 return
             self._plan(render)
             return
+        self._end(render)
         if render.age_known:
             self.planner.observe(age, render.last_pending_age)
+        await self._ended(render, status)
+
+    async def _ended(self, render: _Render, status: ProjectStatus) -> None:
         if status.status == "complete":
             await self._complete(render, status)
         else:
@@ -363,7 +445,8 @@ class Follower:
             )
             while self._schedule:  # due now: the pollers hand them back
                 _, _, waiting = heapq.heappop(self._schedule)
-                self._poll_now(waiting)
+                if not waiting.ended:
+                    self._poll_now(waiting)
         await self._state.release([render.item])
 
     async def _finish(self, render: _Render, state: str, **fields: Any) -> None:
@@ -540,6 +623,11 @@ def _why(exc: BatcherError) -> str:
     if isinstance(exc, DownloadExpiredError):
         return f"the download URL was refused ({exc})"
     return str(exc)
+
+
+def _settled_meanwhile(render: _Render) -> bool:
+    """Whether an event settled the render while a poll of it was awaited."""
+    return render.ended
 
 
 def _remove_quietly(path: Path) -> None:

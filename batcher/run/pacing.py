@@ -25,6 +25,18 @@ MIN_SAMPLES = 4
 # looks spread over the likely window keep the average near 2.5 polls per
 # item while a finished render waits about an eighth of that window.
 QUANTILES = (0.25, 0.5, 0.75, 0.95)
+# With the webhook receiver on, polls only catch an event that was lost: the
+# first a minute after the create, then at gaps growing by half each time.
+FALLBACK_FIRST_S = 60.0
+FALLBACK_GROWTH = 1.5
+FALLBACK_MAX_S = 600.0
+
+
+def fallback_delay(age: float, polls: int) -> float:
+    """Seconds until the next fallback poll of a render `age` s old, polled `polls` times."""
+    if polls == 0:
+        return max(0.0, FALLBACK_FIRST_S - age)
+    return min(FALLBACK_MAX_S, FALLBACK_FIRST_S * FALLBACK_GROWTH**polls)
 
 
 def _quantile(ordered: list[float], q: float) -> float:

@@ -52,6 +52,7 @@ from batcher.run.rerun import (
     plan_rerun,
 )
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
+from batcher.run.webhooks import WebhookListen
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -85,6 +86,7 @@ class SendSettings:
     # batch as it is.
     resend_unconfirmed: bool = False
     retry_failed: bool = False
+    webhook: WebhookListen | None = None  # --webhook-listen, with its secret
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -112,6 +114,7 @@ class SendSettings:
             metadata=self.metadata,
             out_dir=self.out,
             render_retries=self.render_retries,
+            webhook=self.webhook,
         )
 
 
@@ -188,6 +191,7 @@ async def run_jobs(
         base_url=context.base_url,
         environ=context.environ,
         on_sandbox=observer.sandbox_started,
+        webhook=settings.webhook,
     ) as endpoint:
         # Every output folder before the ledger is touched: a bad --out is bad
         # input, refused with nothing sent and nothing written.
@@ -241,6 +245,7 @@ async def serve_batch(
             base_url=context.base_url,
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
+            webhook=settings.webhook,
         ) as endpoint:
             warn(check_endpoint(ledger, batch, endpoint))
             if requeue:

@@ -49,8 +49,14 @@ def status_table(report: StatusReport) -> Table:
     if reviewed:
         table.add_column("picked", justify="right")
         table.add_column("rejected", justify="right")
+    # Webhook columns only once a batch has had events or refusals.
+    hooked = any(row.webhooks.deliveries or row.webhooks.rejected for row in report.batches)
+    if hooked:
+        table.add_column("events", justify="right")
+        table.add_column("refused", justify="right")
     for row in report.batches:
         reviews = [str(row.reviews.picked), str(row.reviews.rejected)] if reviewed else []
+        hooks = [str(row.webhooks.events), str(row.webhooks.rejected)] if hooked else []
         table.add_row(
             Text(row.name),
             str(row.items),
@@ -60,6 +66,7 @@ def status_table(report: StatusReport) -> Table:
             str(row.credits_net),
             "" if row.budget is None else str(row.budget),
             *reviews,
+            *hooks,
         )
     return table
 
