@@ -73,6 +73,8 @@ __all__ = [
 SENDERS_PER_SLOT = 1.5
 # Open states: while any is left, the batch is not finished.
 UNFINISHED = ("pending", "sending", "submitted")
+# At the end, webhook deliveries already answered get this long to be stored.
+DRAIN_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +237,31 @@ class BatchRun:
         other workers received."""
         if not self.options.wait:
             return
-        if sock is not None and self.options.webhook is not None:
-            arrivals_tx, arrivals_rx = anyio.create_memory_object_stream[Arrival](UNBOUNDED)
-            receiver = WebhookReceiver(self.options.webhook, sock, arrivals_tx, self.counters)
-            services.start_soon(self.inbox.take, arrivals_rx)
-            await services.start(receiver.serve)
-            self.webhook_port = receiver.port
+        if sock is not None:
+            await services.start(self._receive, sock)
         if sock is not None or self.ledger.dialect == "postgresql":
             services.start_soon(self.inbox.watch)
+
+    async def _receive(
+        self,
+        sock: socket.socket,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self.options.webhook is not None
+        arrivals_tx, arrivals_rx = anyio.create_memory_object_stream[Arrival](UNBOUNDED)
+        with arrivals_tx, arrivals_rx:
+            receiver = WebhookReceiver(self.options.webhook, sock, arrivals_tx, self.counters)
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self.inbox.take, arrivals_rx)
+                    await tasks.start(receiver.serve)
+                    self.webhook_port = receiver.port
+                    task_status.started()
+            finally:
+                # Deliveries answered as the run ended: stored (and counted), no more.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_S):
+                    await self.inbox.drain(arrivals_rx)
 
     async def _work(self) -> None:
         if self.state.halted():  # interrupted before it began

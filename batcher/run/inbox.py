@@ -64,6 +64,21 @@ class WebhookInbox:
                 if isinstance(arrival, Event):
                     await self._store(arrival)
 
+    async def drain(self, arrivals: MemoryObjectReceiveStream[Arrival]) -> None:
+        """Store what is left once the run is over; nothing is handed on."""
+        left: list[Arrival] = []
+        while True:
+            try:
+                left.append(arrivals.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        refused = sum(1 for arrival in left if isinstance(arrival, Refused))
+        if refused:
+            await self._count_refused(refused)
+        for arrival in left:
+            if isinstance(arrival, Event):
+                await self._store(arrival, hand_on=False)
+
     async def watch(self, sweep_s: float = SWEEP_S) -> None:
         """Hand on events that other workers stored, every `sweep_s`."""
         if self._last_id is None:
@@ -79,7 +94,7 @@ class WebhookInbox:
 
     # ------------------------------------------------------------------ internals
 
-    async def _store(self, event: Event) -> None:
+    async def _store(self, event: Event, *, hand_on: bool = True) -> None:
         key = f"{event.type}:{event.project_id}"
         try:
             await in_thread(
@@ -97,7 +112,7 @@ class WebhookInbox:
                 exc,
                 extra={"event": "webhooks.store_failed", "project_id": event.project_id},
             )
-        if key in self._seen:
+        if key in self._seen or not hand_on:
             return  # another delivery of an event already handed on
         self._seen.add(key)
         self._hand_on(event.type, event.project_id, event.payload)
