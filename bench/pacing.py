@@ -35,11 +35,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
@@ -79,9 +79,7 @@ class Scenario:
 SCENARIOS = {
     "s3": Scenario("s3", 500, 2.0, 0.2, 16),
     "night": Scenario("night", 600, 5.0, 0.5, 12, latency_s=0.3, rate_limit=20.0),
-    "hooks": Scenario(
-        "hooks", 600, 5.0, 0.5, 12, latency_s=0.3, rate_limit=20.0, webhooks=True
-    ),
+    "hooks": Scenario("hooks", 600, 5.0, 0.5, 12, latency_s=0.3, rate_limit=20.0, webhooks=True),
 }
 
 
@@ -97,6 +95,8 @@ class Result:
     render_cap_429s: int
     complete: int
     exit_code: int
+    busy_share: float  # mean share of the render cap in use, first create to last render
+    exit_lag_s: float  # from the last render's end (as sampled) to batcher's exit
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -148,10 +148,24 @@ def run(scenario: Scenario, tmp: Path) -> Result:
             *listen,
         ]  # fmt: skip
         env = child_env(MAGIC_HOUR_API_KEY="sandbox-key", MAGIC_HOUR_WEBHOOK_SECRET=SECRET)
+        samples: list[tuple[float, int]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            with httpx.Client() as client:
+                while not done.is_set():
+                    stats = client.get(f"{base_url}/_sandbox/stats", timeout=60).json()
+                    samples.append((time.time(), int(stats["in_flight"])))
+                    done.wait(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         child = subprocess.run(
             argv, env=env, cwd=tmp, capture_output=True, text=True, timeout=1800, check=False
         )
         ended = time.time()
+        done.set()
+        sampler.join()
         stats = httpx.get(f"{base_url}/_sandbox/stats", timeout=60).json()
         first = journal_first_create(base_url)
     finally:
@@ -163,6 +177,12 @@ def run(scenario: Scenario, tmp: Path) -> Result:
     creates = max(1, int(stats["creates"]))
     polls = sum(stats["requests"].get(POLL_ROUTE, {}).values())
     ideal = scenario.ideal_s()
+    busy = [(t, n) for t, n in samples if t >= first]
+    last_busy = max((t for t, n in busy if n > 0), default=ended)
+    window = [n for t, n in busy if t <= last_busy]
+    share = sum(window) / (len(window) * scenario.cap) if window else 0.0
+    if os.environ.get("PACING_TRACE"):
+        print(" ".join(str(n) for _, n in busy), file=sys.stderr)
     return Result(
         scenario=scenario.name,
         prompts=scenario.prompts,
@@ -174,6 +194,8 @@ def run(scenario: Scenario, tmp: Path) -> Result:
         render_cap_429s=int(stats.get("render_cap_429s", 0)),
         complete=creates,
         exit_code=child.returncode,
+        busy_share=round(share, 3),
+        exit_lag_s=round(ended - last_busy, 2),
     )
 
 
@@ -192,10 +214,12 @@ def main() -> None:
             result = run(scenario, Path(folder))
             results.append(result)
             print(
-                f"{result.scenario:6} {result.prompts:4} prompts  makespan {result.makespan_s:7.2f} s"
+                f"{result.scenario:6} {result.prompts:4} prompts"
+                f"  makespan {result.makespan_s:7.2f} s"
                 f"  ideal {result.ideal_s:7.2f} s  x{result.ratio:.3f}"
                 f"  polls/project {result.polls_per_project:.2f}"
                 f"  429s: rate {result.rate_limit_429s}, cap {result.render_cap_429s}"
+                f"  busy {result.busy_share:.0%}  exit lag {result.exit_lag_s:.2f} s"
                 f"  exit {result.exit_code}",
                 flush=True,
             )

@@ -40,6 +40,7 @@ import functools
 import heapq
 import logging
 import math
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -67,7 +68,7 @@ from batcher.ledger import FAILURE_DOWNLOAD, FAILURE_RENDER, ItemRecord, RenderF
 from batcher.run.files import download_name, image_stem
 from batcher.run.limits import AdaptiveLimiter
 from batcher.run.manifest_line import ImageFile, ManifestLine
-from batcher.run.pacing import PollPlanner, RenderGate, fallback_delay
+from batcher.run.pacing import Planners, PollPlanner, RenderGate, fallback_delay
 from batcher.run.provenance import finalize_image
 from batcher.run.state import STOP_OUTPUT, ImageApi, RunState
 
@@ -83,6 +84,11 @@ NOT_FOUND = 404
 # Events for projects not followed (foreign ones, or early ones whose create is
 # still being recorded): the latest this many are kept.
 EARLY_EVENTS_KEPT = 10_000
+# A look not sampled comes up to this share of its delay later, at random.
+POLL_SPREAD = 0.05
+# A look held back by throttle pauses longer than this (or a tenth of the
+# render's age) teaches nothing about render times.
+PAUSE_TOLERANCE_S = 0.25
 
 
 @dataclass(slots=True)
@@ -100,6 +106,9 @@ class _Render:
     # An adopted render was created who knows when.
     age_known: bool = True
     ended: bool = False  # settled (by a poll or an event): nothing more to do
+    token: int | None = None  # its place at the render gate
+    kind: tuple[str, str | None] = ("", None)  # model and resolution: its render times
+    sampled: bool = True  # looked at several times, to learn render times from
 
 
 class Follower:
@@ -125,7 +134,9 @@ class Follower:
         metadata: bool = True,
         listening: bool = False,
     ) -> None:
-        self.planner = PollPlanner()
+        self.planner = PollPlanner()  # render times over every kind
+        self.planners = Planners(self.planner)
+        self._rng = random.Random()
         self._listening = listening  # webhooks settle renders; polls are the fallback
         self._followed: dict[str, _Render] = {}  # by project id
         self._early: OrderedDict[str, ProjectStatus] = OrderedDict()
@@ -175,7 +186,16 @@ class Follower:
         submitted = dataclasses.replace(
             item, state="submitted", project_id=project_id, attempts=item.attempts + 1
         )
-        render = _Render(submitted, project_id, charged, time.monotonic())
+        kind = _kind(item)
+        render = _Render(
+            submitted,
+            project_id,
+            charged,
+            time.monotonic(),
+            token=self._gate.created(lambda age: self.planners.of(kind).done_share(age)),
+            kind=kind,
+            sampled=self.planners.sample_next(kind),
+        )
         self._followed[project_id] = render
         if not self._event_came_early(render):
             self._plan(render)
@@ -185,11 +205,11 @@ class Follower:
     ) -> None:
         """Renders created earlier (a previous run, a dead worker), already held for
         this run; `charged` is each project's net charge in the ledger."""
-        self._gate.adopt(len(items))
+        tokens = self._gate.adopt(len(items))
         self._counters.rendering += len(items)
         if first_look:
             self._first_looks_left += len(items)
-        for item in items:
+        for item, token in zip(items, tokens, strict=True):
             assert item.project_id is not None
             render = _Render(
                 item,
@@ -198,6 +218,8 @@ class Follower:
                 time.monotonic(),
                 first_look=first_look,
                 age_known=False,
+                token=token,
+                kind=_kind(item),
             )
             self._followed[render.project_id] = render
             if not self._event_came_early(render):
@@ -239,7 +261,7 @@ class Follower:
             return
         if render.age_known:
             age = time.monotonic() - render.created_at
-            self.planner.observe(age, age)  # the event came as the render ended
+            self.planners.observe(render.kind, age, age)  # the event came as it ended
         await self._ended(render, status)
 
     def _end(self, render: _Render) -> bool:
@@ -254,10 +276,15 @@ class Follower:
 
     def _plan(self, render: _Render) -> None:
         age = time.monotonic() - render.created_at
+        planner = self.planners.of(render.kind)
         if self._listening:
             delay = fallback_delay(age, render.polls)
+        elif render.sampled:
+            delay = planner.next_delay(age, render.polls)
         else:
-            delay = self.planner.next_delay(age, render.polls)
+            # Renders created together are not all looked at in the same instant.
+            delay = planner.sparse_delay(age, render.polls)
+            delay += self._rng.uniform(0.0, POLL_SPREAD * delay)
         self._schedule_at(time.monotonic() + delay, render)
 
     def _schedule_at(self, due: float, render: _Render) -> None:
@@ -351,9 +378,16 @@ class Follower:
             self._plan(render)
             return
         self._end(render)
-        if render.age_known:
-            self.planner.observe(age, render.last_pending_age)
+        if render.age_known and render.sampled and not self._paused_meanwhile(render, age):
+            self.planners.observe(render.kind, age, render.last_pending_age)
         await self._ended(render, status)
+
+    def _paused_meanwhile(self, render: _Render, age: float) -> bool:
+        """A throttle pause held this look back: its render time would be too long
+        (a pause is never learned as a render time)."""
+        since = render.created_at + (render.last_pending_age or 0.0)
+        paused = self._limiter.paused_between(since, render.created_at + age)
+        return paused > max(PAUSE_TOLERANCE_S, 0.1 * age)
 
     async def _ended(self, render: _Render, status: ProjectStatus) -> None:
         if status.status == "complete":
@@ -371,20 +405,20 @@ class Follower:
                 self._first_looks_seen.set()
                 self._first_looks_seen = anyio.Event()
 
-    def _render_left(self) -> None:
+    def _render_left(self, render: _Render) -> None:
         """A render is no longer followed: its place under the render cap is free."""
         self._counters.rendering -= 1
-        self._gate.finished()
+        self._gate.finished(render.token)
 
     async def _let_go(self, render: _Render) -> None:
         """Stop following a render that has not ended: it stays `submitted`, for `resume`."""
-        self._render_left()
+        self._render_left(render)
         await self._state.release([render.item])
 
     # ------------------------------------------------------------------ how renders end
 
     async def _complete(self, render: _Render, status: ProjectStatus) -> None:
-        self._render_left()
+        self._render_left(render)
         refund = self._refund(render, status)
         line = self._line(render, "complete", refunded=refund)
         files: tuple[ImageFile, ...] = ()
@@ -465,7 +499,7 @@ class Follower:
     async def _render_failed(
         self, render: _Render, status: ProjectStatus | None, code: str, message: str
     ) -> None:
-        self._render_left()
+        self._render_left(render)
         refund = self._refund(render, status)
         item = render.item
         again = item.render_failures < self._render_retries and not self._state.halted()
@@ -623,6 +657,11 @@ def _why(exc: BatcherError) -> str:
     if isinstance(exc, DownloadExpiredError):
         return f"the download URL was refused ({exc})"
     return str(exc)
+
+
+def _kind(item: ItemRecord) -> tuple[str, str | None]:
+    """Renders of one model and resolution take alike long."""
+    return (item.settings.model, item.settings.resolution)
 
 
 def _settled_meanwhile(render: _Render) -> bool:
