@@ -136,7 +136,7 @@ class BatchRun:
         )
         self.counters = self.state.counters
         self.limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)
-        gate = RenderGate()
+        self.gate = gate = RenderGate()
         worker = new_worker(batch.id)
         self.follower = Follower(
             self.state,

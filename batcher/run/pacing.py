@@ -17,6 +17,7 @@ publishes neither its render times nor its limits.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import time
 from collections import deque
@@ -24,6 +25,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import anyio
+
+log = logging.getLogger(__name__)
 
 # Before any render has been seen finishing: the SDK's cadence, slightly relaxed.
 FIRST_POLL_S = 1.0
@@ -202,12 +205,16 @@ class _GateState:
     sending: int = 0  # creates in flight
     successes: int = 0  # creates accepted since the cap last moved
     refused_busy: float | None = None  # the busy estimate at the last render-cap 429
+    burst_left: int = 0  # creates in flight when the cap was first set: they refine it
     renders: dict[int, _Tracked] = field(default_factory=dict)  # created, not seen done
 
 
 # A place is taken to be free when the renders probably still busy are at most
 # the cap less this much (a half: more likely free than not).
 FREE_MARGIN = 0.5
+# A render is surely still busy while this many times its age is below every
+# render time learned.
+SURE_MARGIN = 1.5
 # After a render-cap 429, the next create waits until this much more of a
 # render is expected done (or one is seen done).
 REFUSED_STEP = 0.5
@@ -266,13 +273,19 @@ class RenderGate:
         return busy
 
     def _surely_busy(self) -> int:
+        """Renders younger than any render time learned; before render times are
+        known, every render created here and not seen done."""
         now = self._clock()
-        return sum(
-            1
-            for render in self._state.renders.values()
-            if render.created_at is not None
-            and (render.done_share is None or render.done_share(now - render.created_at) == 0.0)
-        )
+        surely = 0
+        for render in self._state.renders.values():
+            if render.created_at is None:
+                continue  # adopted: who knows
+            share = render.done_share
+            age = now - render.created_at
+            # With a margin: learned times are midpoints of the looks around each end.
+            if share is None or share(math.inf) < 1.0 or share(age * SURE_MARGIN) == 0.0:
+                surely += 1
+        return surely
 
     def _has_room(self) -> bool:
         s = self._state
@@ -310,10 +323,16 @@ class RenderGate:
         s.refused_busy = None
         self._tokens += 1
         s.renders[self._tokens] = _Tracked(self._clock(), done_share)
+        if s.burst_left > 0 and s.cap is not None:
+            # Sent in the burst whose 429 set the cap, and accepted: the cap is at
+            # least what is in flight now (that 429 may have been the rate limit).
+            s.burst_left -= 1
+            if len(s.renders) > s.cap:
+                self._cap_moved(len(s.renders), "accepted in the burst that set it")
         surely = self._surely_busy()
         s.floor = max(s.floor, surely)
         if s.cap is not None and surely > s.cap:
-            s.cap = surely  # more are surely rendering than the cap said: it grew
+            self._cap_moved(surely, "more are surely rendering")  # it grew
             s.successes = 0
         return self._tokens
 
@@ -322,6 +341,7 @@ class RenderGate:
         creates); False when it is a rate limit, for the caller to slow down."""
         s = self._state
         s.sending -= 1
+        s.burst_left = max(0, s.burst_left - 1)
         self._wake()
         possibly = len(s.renders) + s.sending
         if possibly == 0 or (s.cap is not None and possibly < s.cap):
@@ -330,14 +350,26 @@ class RenderGate:
             # What is probably rendering now; a known cap is never lowered from
             # estimates (an optimistic one would shrink it for nothing).
             probably = math.floor(self.busy() - s.sending + FREE_MARGIN)
-            s.cap = max(1, s.floor, min(len(s.renders), probably))
+            self._cap_moved(max(1, s.floor, min(len(s.renders), probably)), "429")
+            s.burst_left = s.sending
         s.successes = 0
         s.refused_busy = self.busy()
         return True
 
+    def _cap_moved(self, cap: int, why: str) -> None:
+        log.debug(
+            "render cap %s -> %d (%s)",
+            self._state.cap,
+            cap,
+            why,
+            extra={"event": "gate.cap", "cap": cap, "previous_cap": self._state.cap},
+        )
+        self._state.cap = cap
+
     def not_created(self) -> None:
         """A create ended without a project (refused, lost, stopped)."""
         self._state.sending -= 1
+        self._state.burst_left = max(0, self._state.burst_left - 1)
         self._wake()
 
     def finished(self, token: int | None = None) -> None:
