@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from e2e_support import (
     Batch,
     Watch,
@@ -34,7 +36,13 @@ from batcher.errors import ConfigError
 from batcher.ledger import Ledger
 from batcher.run import pacing
 from batcher.run.batch_run import ImageApi
-from batcher.run.webhook_verify import FRESH_S, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+from batcher.run.webhook_verify import (
+    FRESH_S,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature,
+    verify,
+)
 from batcher.run.webhooks import WebhookListen
 
 SECRET = "whsec_receiver_test"
@@ -306,3 +314,70 @@ def test_the_cli_needs_the_secret_and_the_sandbox_demo_needs_no_polls(tmp_path: 
     assert summary.exit_code == 0
     assert watch.runs[0].counters.polls == 0
     assert watch.runs[0].counters.webhook_events == 4
+
+
+# --------------------------------------------------------------------------- shared ledger
+
+
+class OtherWorker:
+    """A receiver of another worker of the same ledger: it verifies and stores each
+    event, and follows nothing itself."""
+
+    def __init__(self, port: int, db_url: str) -> None:
+        self._ledger = Ledger.open(db_url)
+        config = uvicorn.Config(
+            self, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        verdict = verify(headers, body, SECRET, now=time.time())
+        status = 401 if verdict.refused else 200
+        if verdict.event is not None:
+            event = verdict.event
+            self._ledger.record_webhook_event(
+                event.type, event.project_id, event.payload, batch_id=None, worker_id="other"
+            )
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def __enter__(self) -> OtherWorker:
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._ledger.close()
+
+
+def test_an_event_another_worker_received_settles_the_render_here(
+    make_batch: Any, ledger_url: str
+) -> None:
+    """The sandbox's events go to another worker's receiver; this worker listens
+    elsewhere, gets none, and settles every render from the ledger, without a poll."""
+    batch = hooked_batch(make_batch, 10)
+    batch.db_url = ledger_url
+    here = free_port()
+    with Ledger.open(ledger_url):
+        pass  # migrated before the other worker opens it
+    with OtherWorker(batch.port, ledger_url):  # type: ignore[attr-defined]
+        batch.port = here  # type: ignore[attr-defined]
+        summary, run = run_hooked(batch)
+    assert summary.states["complete"] == 10
+    assert run.counters.polls == 0
+    assert run.counters.webhook_events == 0  # nothing came to this worker's receiver
+    assert status_of(batch)["events"] == 10
+    assert_exactly_once(batch)
