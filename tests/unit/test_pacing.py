@@ -104,12 +104,14 @@ async def test_a_refused_create_waits_for_more_to_be_expected_done() -> None:
     await gate.acquire()
     gate.throttled()  # cap 4
     shares["done"] = 0.5  # two of four probably done: room
+    clock.now += 0.01
     await gate.acquire()
     assert gate.throttled() is True  # but the server says no: at the cap still
     with anyio.move_on_after(0.2) as blocked:
         await gate.acquire()
     assert blocked.cancelled_caught  # the estimate did not move since the refusal
     shares["done"] = 0.7
+    clock.now += 0.01
     with anyio.fail_after(1):
         await gate.acquire()
 
