@@ -198,7 +198,10 @@ async def run_many_async(
     `sandbox`: run against a local emulator started for the call (no key, no
     credits). `metadata=False` leaves every image byte for byte as downloaded
     (no provenance chunks); `max_image_bytes` caps each download; `gallery=False`
-    skips refreshing the batch's gallery page at the end. `handle_signals`: the
+    skips refreshing the batch's gallery page at the end. `webhook_listen`
+    ("HOST:PORT") serves the account's webhook during the run, with the secret
+    from MAGIC_HOUR_WEBHOOK_SECRET in `env` (ConfigError without it); polls are
+    then only a fallback. `handle_signals`: the
     first SIGINT/SIGTERM stops sending and records the creates in flight (exit
     code 130/143), the second aborts them; only on the main thread.
     """
@@ -463,6 +466,7 @@ async def rerun_async(
     batch_concurrency: int | None = None,
     batch_rate: float | None = None,
     preflight: bool = True,
+    webhook_listen: str | None = None,
     db: str | None = None,
     catalog: PathLike | None = None,
     base_url: str | None = None,
@@ -507,6 +511,7 @@ async def rerun_async(
             batch_concurrency=batch_concurrency,
             batch_rate=batch_rate,
             preflight=preflight,
+            webhook=_webhook(webhook_listen, env),
         ),
         context=Context.resolve(
             db=db,

@@ -473,6 +473,7 @@ async def rerun_batch(
             base_url=context.base_url,
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
+            webhook=settings.webhook,
         ) as endpoint:
             warn(check_endpoint(ledger, batch, endpoint))
             if confirm is not None and not await anyio.to_thread.run_sync(confirm, plan):
