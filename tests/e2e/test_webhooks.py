@@ -147,6 +147,26 @@ def test_forged_events_get_401_and_change_nothing_the_fallback_polls_settle(
     seen = status_of(batch)
     assert seen["events"] == 0
     assert seen["rejected"] == 8
+    shown = subprocess.run(
+        batcher_command("status", "--json", "--db", batch.db_url),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=True,
+    )
+    [row] = json.loads(shown.stdout)["batches"]
+    assert row["webhooks"] == {"events": 0, "deliveries": 0, "rejected": 8}
+    assert row["states"]["complete"] == 8  # the documented keys are all still there
+    table = subprocess.run(
+        batcher_command("status", "--db", batch.db_url),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=True,
+    )
+    assert "refused" in table.stdout
     assert_exactly_once(batch)
 
 
