@@ -109,6 +109,7 @@ class _Render:
     token: int | None = None  # its place at the render gate
     kind: tuple[str, str | None] = ("", None)  # model and resolution: its render times
     sampled: bool = True  # looked at several times, to learn render times from
+    plan_seq: int = 0  # its latest place in the schedule; older places are void
 
 
 class Follower:
@@ -247,6 +248,13 @@ class Follower:
             return
         self._tasks.start_soon(self._settle, render, status)
 
+    def look_now(self, project_id: str) -> None:
+        """An event said a render ended but not how (a payload without a usable
+        project): poll it now instead of at its fallback time."""
+        render = self._followed.get(project_id)
+        if render is not None and not render.ended:
+            self._schedule_at(time.monotonic(), render)
+
     def _event_came_early(self, render: _Render) -> bool:
         status = self._early.pop(render.project_id, None)
         if status is None or status.status not in FINISHED or self._tasks is None:
@@ -292,6 +300,7 @@ class Follower:
             self._poll_now(render)  # the pollers hand it back
             return
         self._seq += 1
+        render.plan_seq = self._seq
         heapq.heappush(self._schedule, (due, self._seq, render))
         if self._schedule[0][1] == self._seq:
             self._schedule_changed.set()
@@ -306,8 +315,8 @@ class Follower:
             changed = self._schedule_changed = anyio.Event()
             now = time.monotonic()
             while self._schedule and self._schedule[0][0] <= now:
-                _, _, render = heapq.heappop(self._schedule)
-                if not render.ended:
+                _, seq, render = heapq.heappop(self._schedule)
+                if not render.ended and seq == render.plan_seq:
                     self._poll_now(render)
             timeout = self._schedule[0][0] - now if self._schedule else math.inf
             with anyio.move_on_after(timeout):

@@ -129,11 +129,12 @@ class WebhookInbox:
         try:
             status = project_from_event(payload, project_id)
         except BatcherError as exc:
-            log.warning(
-                "webhook event without a usable project: %s",
+            log.info(
+                "webhook event without a usable project (%s); polling it",
                 exc,
                 extra={"event": "webhooks.unusable", "project_id": project_id},
             )
+            self._follower.look_now(project_id)
             return
         self._follower.on_event(status)
 

@@ -401,3 +401,44 @@ def test_an_event_another_worker_received_settles_the_render_here(
     assert run.counters.webhook_events == 0  # nothing came to this worker's receiver
     assert status_of(batch)["events"] == 10
     assert_exactly_once(batch)
+
+
+class BareEvents(SlowAnswers):
+    """The client, and for each accepted create, once its render is surely done, a
+    signed image.completed whose payload is the project id alone."""
+
+    def __init__(self, real: MagicHourClient, url: str) -> None:
+        super().__init__(real, 0.0)
+        self._url = url
+        self._posts: set[asyncio.Task[None]] = set()
+
+    async def create_image(self, body: Mapping[str, Any]) -> CreatedProject:
+        created = await super().create_image(body)
+        task = asyncio.create_task(self._post_later(created.project_id))
+        self._posts.add(task)
+        task.add_done_callback(self._posts.discard)
+        return created
+
+    async def _post_later(self, project_id: str) -> None:
+        await asyncio.sleep(0.5)
+        raw = json.dumps({"type": "image.completed", "payload": {"id": project_id}}).encode()
+        stamp = str(int(time.time()))
+        headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature(SECRET, stamp, raw)}
+        async with httpx.AsyncClient() as client:
+            await client.post(self._url, content=raw, headers=headers)
+
+
+def test_an_event_without_the_project_in_it_is_polled_at_once(
+    make_batch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pacing, "FALLBACK_FIRST_S", 30.0)
+    batch = hooked_batch(make_batch, 5)
+    batch.sandbox.set_faults(webhook_url=None)  # only the bare events come
+    listen = WebhookListen("127.0.0.1", batch.port, SECRET)  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{batch.port}/"  # type: ignore[attr-defined]
+    started = time.monotonic()
+    result = run_runner(batch, lambda real: BareEvents(real, url), webhook=listen)
+    assert result.states["complete"] == 5
+    assert result.counters.polls == 5  # one each, at the event, not at the fallback
+    assert time.monotonic() - started < 20
+    assert_exactly_once(batch)
