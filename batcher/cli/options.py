@@ -260,6 +260,13 @@ run_options = _stack(
         help="A poll's first read timeout; it follows the latency seen, up to 10x.",
     ),
     click.option(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="Serve the account's webhook here during the run (any path, POST); polls "
+        "become a fallback for lost events. Needs MAGIC_HOUR_WEBHOOK_SECRET "
+        "[env: MAGIC_HOUR_WEBHOOK_SECRET].",
+    ),
+    click.option(
         "--no-preflight",
         is_flag=True,
         help="Skip the account check (balance and tier) before sending.",

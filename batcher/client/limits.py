@@ -12,8 +12,18 @@ then `on_success()` / `on_throttle(retry_after)` steer the limit (`call()` does
 all of it around one request that raises ApiError on a 429): additive
 increase (+1 per `limit` successes, up to the ceiling), multiplicative
 decrease (times DECREASE_FACTOR, never below 1) at most once per window, where a
-window lasts until every request in flight at the cut has finished. A burst
-of 429s from requests sent under the old limit is one signal, not sixty-four.
+window holds every request started before the cut: a 429 answering a request
+that started before the last cut is part of that cut (callers pass the
+request's ticket from `acquire`; `call()` does it). A burst of 429s from
+requests sent under the old limit is one signal, not sixty-four.
+
+A 429 is also a rate limit: the first 429 of a window sets a request-rate
+cap at RATE_BACKOFF times the rate requests were started at in the last
+RATE_WINDOW_S, which then grows by RATE_GROWTH each time that many requests
+succeed, up to `--rate` (when given). A Retry-After longer than
+RETRY_AFTER_MAX is capped, with a warning; every pause is remembered for a
+while, so that the poll planner can refuse to learn render times from a
+poll that a pause delayed (`paused_between`).
 
 `--concurrency` and `--rate` are ceilings: the limit starts at the ceiling and
 only ever goes down from there, and back up to it.
@@ -54,6 +64,13 @@ RETRY_AFTER_MAX: Final = retry.RETRY_AFTER_MAX
 # With a rate cap, up to this many requests may go at once after a quiet spell
 # (the token bucket's depth), never more than the concurrency ceiling.
 BURST_MAX: Final = 32.0
+# The rate learned at a 429: this share of the rate requests were started at.
+RATE_BACKOFF: Final = 0.8
+RATE_WINDOW_S: Final = 2.0
+RATE_GROWTH: Final = 1.1
+RATE_MIN: Final = 1.0  # requests per second: a learned rate never goes below
+RATE_MIN_STARTS: Final = 8  # requests in the window needed to learn a rate from
+PAUSES_KEPT: Final = 64
 _EPSILON: Final = 1e-9  # float error in the schedule; not worth a trip through the event loop
 
 
@@ -162,6 +179,13 @@ class AdaptiveLimiter:
             self._tolerance = 0.0
         self._tat = -math.inf
         self._slot = _Slot(self)
+        self._rate_ceiling = rate  # --rate; a learned rate stays under it
+        self._learned_rate: float | None = None
+        self._rate_successes = 0
+        self._starts: deque[float] = deque()  # start times within RATE_WINDOW_S
+        self._tickets = 0  # requests started; a request's ticket is its number
+        self._cut_ticket = 0  # the last ticket issued before the last cut
+        self._pauses: deque[tuple[float, float]] = deque(maxlen=PAUSES_KEPT)
 
     # ----------------------------------------------------------------- counters
 
@@ -212,6 +236,18 @@ class AdaptiveLimiter:
             rate=self._rate,
         )
 
+    @property
+    def learned_rate(self) -> float | None:
+        """The request rate learned from 429s (None: none learned)."""
+        return self._learned_rate
+
+    def paused_between(self, start: float, end: float) -> float:
+        """Seconds of throttle pauses within [start, end] (the clock's time)."""
+        total = 0.0
+        for began, ended in self._pauses:
+            total += max(0.0, min(end, ended) - max(start, began))
+        return total
+
     def set_ceilings(self, ceiling: int, rate: float | None) -> None:
         """Move the ceilings while running: a worker's share of a batch's shared
         limits changes as workers join and leave. A limit that was at its old
@@ -222,17 +258,24 @@ class AdaptiveLimiter:
             self._ceiling = ceiling
             self._limit = ceiling if at_ceiling else min(self._limit, ceiling)
             self._wake()
-        if rate != self._rate:
+        if rate != self._rate_ceiling:
             if rate is not None and not (rate > 0 and math.isfinite(rate)):
                 raise ValueError("rate must be a positive number of requests per second")
-            self._rate = rate
-            if rate is None:
-                self._interval = 0.0
-                self._tolerance = 0.0
-            else:
-                depth = max(1.0, min(BURST_MAX, rate, float(ceiling)))
-                self._interval = 1.0 / rate
-                self._tolerance = (depth - 1.0) * self._interval
+            self._rate_ceiling = rate
+            learned = self._learned_rate
+            self._set_rate(rate if learned is None else _lower(learned, rate))
+
+    def _set_rate(self, rate: float | None) -> None:
+        self._rate = rate
+        if rate is None:
+            self._interval = 0.0
+            self._tolerance = 0.0
+        else:
+            depth = max(1.0, min(BURST_MAX, rate, float(self._ceiling)))
+            if self._learned_rate is not None:
+                depth = 1.0  # a rate found by 429s has no room for bursts
+            self._interval = 1.0 / rate
+            self._tolerance = (depth - 1.0) * self._interval
 
     # ----------------------------------------------------------------- use
 
@@ -240,10 +283,11 @@ class AdaptiveLimiter:
         """`async with limiter.slot():` around one request."""
         return self._slot
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> int:
         """Take a slot without a context manager (pair with `release`), for callers
-        that must do work between taking it and the request."""
-        await self._enter()
+        that must do work between taking it and the request. Returns the request's
+        ticket, for `on_throttle`."""
+        return await self._enter()
 
     def release(self) -> None:
         self._release()
@@ -251,13 +295,15 @@ class AdaptiveLimiter:
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
         """Make one request in a slot: a 429 (ApiError) cuts the limit and pauses
         every request, a success grows the limit back."""
-        async with self._slot:
-            try:
-                answer = await request()
-            except ApiError as exc:
-                if exc.status == retry.THROTTLED:
-                    self.on_throttle(exc.retry_after)
-                raise
+        ticket = await self._enter()
+        try:
+            answer = await request()
+        except ApiError as exc:
+            if exc.status == retry.THROTTLED:
+                self.on_throttle(exc.retry_after, ticket=ticket)
+            raise
+        finally:
+            self._release()
         self.on_success()
         return answer
 
@@ -269,6 +315,10 @@ class AdaptiveLimiter:
     def on_success(self) -> None:
         """A request succeeded: reset the backoff, grow the limit by 1 per `limit` successes."""
         self._consecutive = 0
+        if self._learned_rate is not None:
+            self._rate_successes += 1
+            if self._rate_successes >= max(1.0, self._learned_rate):
+                self._grow_rate()
         if self._limit >= self._ceiling:
             return
         self._successes += 1
@@ -277,17 +327,25 @@ class AdaptiveLimiter:
             self._limit += 1
             self._wake()
 
-    def on_throttle(self, retry_after: float | None = None) -> None:
-        """A request got 429: cut the limit (once per window) and pause new requests.
+    def on_throttle(self, retry_after: float | None = None, *, ticket: int | None = None) -> None:
+        """A request got 429: cut the limit and learn a request rate (once per
+        window), and pause new requests.
 
-        The pause lasts `retry_after` seconds (capped at `retry_after_max`) when
-        the server said; else an exponential backoff with jitter that doubles
-        with each consecutive cut and resets on the next success.
+        `ticket` (from `acquire`) tells a request started before the last cut,
+        whose 429 belongs to that cut. The pause lasts `retry_after` seconds
+        (capped at `retry_after_max`, with a warning) when the server said;
+        else an exponential backoff with jitter that doubles with each
+        consecutive cut and resets on the next success.
         """
         self._throttles += 1
         now = self._clock()
-        new_window = self._window_left <= 0
+        if ticket is not None:
+            new_window = ticket > self._cut_ticket
+        else:
+            new_window = self._window_left <= 0
         if new_window:
+            self._cut_ticket = self._tickets
+            self._learn_rate(now)
             self._cuts += 1
             self._consecutive += 1
             before = self._limit
@@ -298,6 +356,17 @@ class AdaptiveLimiter:
             self._window_left = self._in_flight
         if retry_after is not None and math.isfinite(retry_after):
             delay = min(max(0.0, retry_after), self._retry_after_max)
+            if retry_after > self._retry_after_max and new_window:
+                log.warning(
+                    "the API asked to wait %.0f s (Retry-After); waiting %.0f s instead",
+                    retry_after,
+                    self._retry_after_max,
+                    extra={
+                        "event": "limiter.retry_after_capped",
+                        "retry_after": retry_after,
+                        "pause": self._retry_after_max,
+                    },
+                )
         elif new_window:
             base = min(self._backoff_max, self._backoff_initial * 2.0 ** (self._consecutive - 1))
             # "Equal jitter": at least half the base, so a pause is a pause, and
@@ -307,6 +376,7 @@ class AdaptiveLimiter:
             delay = 0.0
         if now + delay > self._paused_until:
             self._paused_until = now + delay
+            self._pauses.append((now, now + delay))
         if new_window:
             log.info(
                 "throttled: limit %d -> %d, pausing %.2fs",
@@ -323,9 +393,38 @@ class AdaptiveLimiter:
                 },
             )
 
+    def _learn_rate(self, now: float) -> None:
+        """A 429 opened a window: requests were started too fast. Cap the rate at a
+        share of what it was (never above a cap already in force)."""
+        starts = self._starts
+        while starts and starts[0] < now - RATE_WINDOW_S:
+            starts.popleft()
+        if len(starts) < RATE_MIN_STARTS:
+            return  # too few requests to tell a rate: the pause alone will do
+        observed = len(starts) / RATE_WINDOW_S
+        learned = max(RATE_MIN, observed * RATE_BACKOFF)
+        if self._rate is not None:
+            learned = min(learned, self._rate)
+        self._learned_rate = _lower(learned, self._rate_ceiling)
+        self._rate_successes = 0
+        self._tat = -math.inf
+        self._set_rate(self._learned_rate)
+
+    def _grow_rate(self) -> None:
+        """A learned rate's worth of successes in a row: try a little faster."""
+        assert self._learned_rate is not None
+        self._rate_successes = 0
+        grown = self._learned_rate * RATE_GROWTH
+        if self._rate_ceiling is not None and grown >= self._rate_ceiling:
+            self._learned_rate = None  # back at --rate
+            self._set_rate(self._rate_ceiling)
+            return
+        self._learned_rate = grown
+        self._set_rate(grown)
+
     # ----------------------------------------------------------------- internals
 
-    async def _enter(self) -> None:
+    async def _enter(self) -> int:
         await self._wait_pause()
         await self._take_permit()
         try:
@@ -337,6 +436,13 @@ class AdaptiveLimiter:
         except BaseException:
             self._release()
             raise
+        self._tickets += 1
+        now = self._clock()
+        starts = self._starts
+        starts.append(now)
+        if starts[0] < now - RATE_WINDOW_S:
+            starts.popleft()
+        return self._tickets
 
     async def _wait_pause(self) -> None:
         # A loop: the pause may be extended while we sleep.
@@ -391,3 +497,7 @@ class AdaptiveLimiter:
             self._waiting -= 1
             self._in_flight += 1
             waiter.event.set()
+
+
+def _lower(rate: float, ceiling: float | None) -> float:
+    return rate if ceiling is None else min(rate, ceiling)

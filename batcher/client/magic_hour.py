@@ -811,6 +811,12 @@ def _datetime_or_none(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+def project_from_event(data: Mapping[str, Any], project_id: str) -> ProjectStatus:
+    """A project document that came another way than a GET (a webhook event's
+    payload), read exactly like a poll answer; MalformedResponseError without a status."""
+    return _parse_project(dict(data), project_id)
+
+
 def _parse_project(data: dict[str, Any], requested_id: str) -> ProjectStatus:
     status = data.get("status")
     if not isinstance(status, str) or not status.strip():

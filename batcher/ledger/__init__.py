@@ -51,6 +51,7 @@ from batcher.ledger.values import (
     SyncResult,
     WorkerRecord,
 )
+from batcher.ledger.webhooks import StoredEvent, WebhookCounts
 from batcher.ledger.writer import LedgerWriter
 
 __all__ = [
@@ -93,7 +94,9 @@ __all__ = [
     "SavedFile",
     "SeenPrice",
     "SendFailed",
+    "StoredEvent",
     "SyncResult",
+    "WebhookCounts",
     "WorkerRecord",
     "display_url",
     "utcnow",

@@ -22,7 +22,17 @@ from typing import Any
 
 from batcher.errors import ConfigError, LedgerMissingError
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger import batches, claims, engine, kinds, rebuild, rescue, reviews, writes
+from batcher.ledger import (
+    batches,
+    claims,
+    engine,
+    kinds,
+    rebuild,
+    rescue,
+    reviews,
+    webhooks,
+    writes,
+)
 from batcher.ledger import credits as credit_rows  # `credits` is a parameter name below
 from batcher.ledger.kinds import Kind, KindItems, SeenPrice
 from batcher.ledger.models import utcnow
@@ -46,6 +56,7 @@ from batcher.ledger.values import (
     SyncResult,
     WorkerRecord,
 )
+from batcher.ledger.webhooks import StoredEvent, WebhookCounts
 
 
 class Ledger:
@@ -389,3 +400,32 @@ class Ledger:
     def set_redo_of(self, links: Mapping[int, int]) -> None:
         """Record that each item (id) redoes another (id)."""
         reviews.set_redo_of(self._db, links)
+
+    # ------------------------------------------------------------------ webhooks
+
+    def record_webhook_event(
+        self,
+        event_type: str,
+        project_id: str,
+        payload: Mapping[str, Any],
+        *,
+        batch_id: int | None,
+        worker_id: str | None,
+    ) -> bool:
+        """Store a verified event; False when it was stored already (a duplicate)."""
+        return webhooks.record_event(
+            self._db, event_type, project_id, payload, batch_id=batch_id, worker_id=worker_id
+        )
+
+    def record_webhook_rejected(self, *, batch_id: int, worker_id: str, count: int = 1) -> None:
+        webhooks.record_rejected(self._db, batch_id=batch_id, worker_id=worker_id, count=count)
+
+    def webhook_events_after(self, after_id: int) -> list[StoredEvent]:
+        return webhooks.events_after(self._db, after_id)
+
+    def last_webhook_event_id(self) -> int:
+        return webhooks.last_event_id(self._db)
+
+    def webhook_counts(self, batch_id: int) -> WebhookCounts:
+        """Events received for the batch's projects, and deliveries refused."""
+        return webhooks.counts(self._db, batch_id)

@@ -197,6 +197,37 @@ class Review(Base):
     created_at: Mapped[datetime]
 
 
+class WebhookEvent(Base):
+    """A verified webhook event (one row per project and event type, however often
+    it was delivered), or a receiver's count of refused deliveries. Any worker may
+    record an event; the worker that follows the project settles it from here
+    (DESIGN.md, "Webhooks instead of polls")."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        # "{type}:{project_id}" for an event, "rejected:{worker}" for refusals:
+        # a second delivery of the same event only counts.
+        UniqueConstraint("event_key"),
+        CheckConstraint("kind IN ('event', 'rejected')", name="kind"),
+        CheckConstraint("deliveries >= 1", name="deliveries"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_key: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(8))
+    event_type: Mapped[str | None] = mapped_column(String(40))
+    project_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    # The batch the receiving worker served (refusals are counted per batch).
+    batch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the project, as sent
+    deliveries: Mapped[int] = mapped_column(Integer, default=1)
+    received_by: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+
+
 class Worker(Base):
     """A process working on a batch; its heartbeat keeps its item leases alive."""
 

@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any, Final
 
 from batcher.errors import ConfigError
-from batcher.ledger import STATES, Ledger, ReviewCounts, utcnow
+from batcher.ledger import STATES, Ledger, ReviewCounts, WebhookCounts, utcnow
 from batcher.settings import LEASE_S
 
 NO_REVIEWS: Final = ReviewCounts(picked=0, rejected=0)
+NO_WEBHOOKS: Final = WebhookCounts(events=0, deliveries=0, rejected=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class BatchStatus:
     reviews: ReviewCounts = NO_REVIEWS  # images picked and rejected (decisions in force)
     # The template variables and matrix settings its items carry, in order of first use.
     var_names: tuple[str, ...] = ()
+    # Webhook events received for the batch's projects, and deliveries refused.
+    webhooks: WebhookCounts = NO_WEBHOOKS
 
     @property
     def credits_net(self) -> int:
@@ -102,6 +105,7 @@ def status_report(
                 stale_leases=stale.get(s.id, 0),
                 reviews=ledger.review_counts(s.id),
                 var_names=ledger.var_names(s.id),
+                webhooks=ledger.webhook_counts(s.id),
             )
             for s in summaries
         ),
@@ -112,8 +116,9 @@ def status_report(
 
 def status_json(report: StatusReport) -> dict[str, Any]:
     """`status --json`: the shape DESIGN.md documents, plus budget, workers, the
-    review decisions in force (`reviews: {picked, rejected}`, images) and the
-    names of the template variables its items carry (`vars`)."""
+    review decisions in force (`reviews: {picked, rejected}`, images), the names
+    of the template variables its items carry (`vars`) and the webhook events
+    (`webhooks: {events, deliveries, rejected}`)."""
     return {
         "batches": [
             {
@@ -128,6 +133,11 @@ def status_json(report: StatusReport) -> dict[str, Any]:
                 "stale_leases": b.stale_leases,
                 "reviews": {"picked": b.reviews.picked, "rejected": b.reviews.rejected},
                 "vars": list(b.var_names),
+                "webhooks": {
+                    "events": b.webhooks.events,
+                    "deliveries": b.webhooks.deliveries,
+                    "rejected": b.webhooks.rejected,
+                },
                 "workers": [
                     {
                         "id": w.id,

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 from batcher.client.limits import AdaptiveLimiter
 from batcher.errors import LedgerLostError
@@ -30,6 +32,7 @@ from batcher.run.breaker import DoubtBreaker
 from batcher.run.feeder import Feeder
 from batcher.run.files import Manifest, batch_folder, prepare_folder
 from batcher.run.follower import Follower
+from batcher.run.inbox import WebhookInbox
 from batcher.run.liveness import new_worker
 from batcher.run.outage import Outage
 from batcher.run.pacing import RenderGate
@@ -48,6 +51,13 @@ from batcher.run.state import (
     RunCounters,
     RunState,
     in_thread,
+)
+from batcher.run.webhooks import (
+    UNBOUNDED,
+    Arrival,
+    WebhookListen,
+    WebhookReceiver,
+    listening_socket,
 )
 from batcher.settings import (
     DEFAULT_DOUBT_LIMIT,
@@ -81,6 +91,8 @@ __all__ = [
 SENDERS_PER_SLOT = 1.5
 # Open states: while any is left, the batch is not finished.
 UNFINISHED = ("pending", "sending", "submitted")
+# At the end, webhook deliveries already answered get this long to be stored.
+DRAIN_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,9 @@ class RunOptions:
     grace: float = DEFAULT_GRACE  # after a first signal, seconds before creates in flight are cut
     # A canary: send only these pending items (ids); None sends every pending one.
     only_items: frozenset[int] | None = None
+    # Serve the account's webhook during the run (--webhook-listen); polls become
+    # the fallback for lost events.
+    webhook: WebhookListen | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +166,7 @@ class BatchRun:
         writer.on_lost(self.state.fail)
         self.counters = self.state.counters
         self.limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)
-        gate = RenderGate()
+        self.gate = gate = RenderGate()
         worker = new_worker(batch.id)
         self.outage = Outage(self.state, options.outage_tolerance)
         self.follower = Follower(
@@ -167,7 +182,10 @@ class BatchRun:
             out_dir=self.out_dir,
             batch_name=batch.name,
             metadata=options.metadata,
+            listening=options.webhook is not None and options.wait,
         )
+        self.inbox = WebhookInbox(ledger, self.follower, batch_id=batch.id, worker_id=worker.id)
+        self.webhook_port: int | None = None  # where the receiver listens, once it does
         self.sender = Sender(
             self.state,
             client,
@@ -222,6 +240,14 @@ class BatchRun:
         if self.out_dir is not None:
             # Before anything is sent: an unwritable folder is found for free.
             await in_thread(prepare_folder, self.out_dir)
+        with contextlib.ExitStack() as sockets:
+            # Bound before anything is sent: a port in use is refused for free.
+            sock = None
+            if self.options.webhook is not None:
+                sock = sockets.enter_context(listening_socket(self.options.webhook))
+            return await self._run(sock)
+
+    async def _run(self, sock: socket.socket | None) -> RunResult:
         await self.feeder.join()
         self.sender.learn_charges(await in_thread(self.ledger.observed_charges, self.batch.id))
         try:
@@ -230,6 +256,7 @@ class BatchRun:
                 services.start_soon(self.feeder.keep_alive)
                 services.start_soon(self.feeder.share_ceilings)
                 services.start_soon(watch_stall, self.state, self.options.stall_timeout)
+                await self._serve_webhooks(services, sock)
                 try:
                     await self._work()
                     # Before the end is summed up: a ledger file gone now would be missed.
@@ -248,6 +275,39 @@ class BatchRun:
         # A loss is told to the state (fail): the run raises it below.
         with contextlib.suppress(LedgerLostError):
             self.state.writer.check_file()
+
+    async def _serve_webhooks(
+        self, services: anyio.abc.TaskGroup, sock: socket.socket | None
+    ) -> None:
+        """The receiver and its inbox; and, on a shared ledger, the look at events
+        other workers received."""
+        if not self.options.wait:
+            return
+        if sock is not None:
+            await services.start(self._receive, sock)
+        if sock is not None or self.ledger.dialect == "postgresql":
+            services.start_soon(self.inbox.watch)
+
+    async def _receive(
+        self,
+        sock: socket.socket,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self.options.webhook is not None
+        arrivals_tx, arrivals_rx = anyio.create_memory_object_stream[Arrival](UNBOUNDED)
+        with arrivals_tx, arrivals_rx:
+            receiver = WebhookReceiver(self.options.webhook, sock, arrivals_tx, self.counters)
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self.inbox.take, arrivals_rx)
+                    await tasks.start(receiver.serve)
+                    self.webhook_port = receiver.port
+                    task_status.started()
+            finally:
+                # Deliveries answered as the run ended: stored (and counted), no more.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_S):
+                    await self.inbox.drain(arrivals_rx)
 
     async def _work(self) -> None:
         if self.state.halted():  # interrupted before it began

@@ -60,6 +60,9 @@ class WorkerArgs(WhereArgs, total=False):
     grace: float  # seconds after the first signal before creates in flight are given up
     poll_timeout: float  # the floor of a poll's read timeout, seconds
     ledger_hold: float  # seconds to wait for a ledger that cannot commit, then rescue
+    # HOST:PORT: serve the account's webhook during the run, with its secret from
+    # MAGIC_HOUR_WEBHOOK_SECRET; polls become the fallback for lost events.
+    webhook_listen: str | None
     # Reports for cron and monitoring:
     metrics_file: PathLike | None  # Prometheus text, rewritten every 15 s and at the end
     notify: Sequence[str]  # Apprise URLs told once when the run ends
@@ -91,6 +94,12 @@ def split(
     if unknown:
         raise TypeError(f"{call}() got unexpected keyword argument(s): {', '.join(unknown)}")
     send = {key: value for key, value in settings.items() if key not in _WHERE}
+    listen = send.pop("webhook_listen", None)
+    if listen is not None:
+        from batcher.run.webhooks import webhook_settings
+
+        env = settings.get("env")
+        send["webhook"] = webhook_settings(listen, os.environ if env is None else env)
     for name in ("out", "metrics_file"):
         if send.get(name) is not None:
             send[name] = Path(send[name])

@@ -13,6 +13,7 @@ from batcher.client.magic_hour import check_api_config
 from batcher.errors import ConfigError
 from batcher.ledger import BatchRecord, Ledger
 from batcher.run.prepare import require_key
+from batcher.run.webhooks import WebhookListen
 from batcher.settings import SANDBOX_ENDPOINT, ApiConfig
 
 ENDPOINT_SETTING: Final = "endpoint"
@@ -32,9 +33,11 @@ def open_endpoint(
     environ: Mapping[str, str] | None,
     on_sandbox: Callable[[str], None] | None = None,
     offers_sandbox: bool = True,
+    webhook: WebhookListen | None = None,
 ) -> Iterator[Endpoint]:
     """The API to talk to. With `sandbox`, an emulator on a free loopback port for
-    the duration of the block (no key needed, nothing charged); otherwise the base
+    the duration of the block (no key needed, nothing charged), whose webhook
+    points at the run's receiver when `webhook` is given; otherwise the base
     URL (flag over environment over default) and the key, which must be set (the
     message suggests --sandbox only where the command has it: `offers_sandbox`)."""
     if not sandbox:
@@ -46,7 +49,15 @@ def open_endpoint(
     # Imported here: the emulator pulls in uvicorn, needed only with --sandbox.
     from batcher.sandbox import SandboxConfig, running_sandbox
 
-    with running_sandbox(SandboxConfig()) as emulator:
+    config = SandboxConfig()
+    if webhook is not None:
+        if webhook.port == 0:
+            raise ConfigError(
+                "--webhook-listen with --sandbox needs a port (not 0): the sandbox is "
+                "told where to send its events before the run starts"
+            )
+        config = SandboxConfig(webhook_url=webhook.url, webhook_secret=webhook.secret)
+    with running_sandbox(config) as emulator:
         if on_sandbox is not None:
             on_sandbox(emulator.base_url)
         yield Endpoint(

@@ -17,6 +17,13 @@ to one resumes the sending. A poll that failed through its retries is looked
 at again later, later each time (retry.poll_again). Once the outage outlasts
 its tolerance, renders are left `submitted` for `resume`.
 
+With the webhook receiver on (`--webhook-listen`), a verified event settles a
+render like a poll answer (`on_event`), and polls are only the fallback for
+a lost event (first after 60 s, then at widening gaps). Whichever comes
+first, the event or a poll, settles the render; the other is ignored. An
+event for a project not followed (yet) is kept a while: the create's answer
+may still be on its way to being recorded.
+
 A full disk (OutputError) stops the downloads and, through the run state, the
 sending. The render whose images could not be saved, and every render still
 followed, is handed back `submitted` with its project id: `resume` polls it
@@ -39,7 +46,9 @@ import functools
 import heapq
 import logging
 import math
+import random
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +85,7 @@ from batcher.run import log_context
 from batcher.run.files import download_name, image_stem
 from batcher.run.manifest_line import ImageFile, ManifestLine
 from batcher.run.outage import Outage
-from batcher.run.pacing import PollPlanner, RenderGate
+from batcher.run.pacing import Planners, PollPlanner, RenderGate, fallback_delay
 from batcher.run.provenance import finalize_image
 from batcher.run.state import STOP_OUTPUT, ImageApi, RunState
 from batcher.settings import DEFAULT_RENDER_TIMEOUT
@@ -89,6 +98,14 @@ KNOWN_STATES = frozenset(PROJECT_STATES)
 # after an expired URL or an unusable body) before the item fails.
 DOWNLOAD_ROUNDS = 3
 NOT_FOUND = 404
+# Events for projects not followed (foreign ones, or early ones whose create is
+# still being recorded): the latest this many are kept.
+EARLY_EVENTS_KEPT = 10_000
+# A look not sampled comes up to this share of its delay later, at random.
+POLL_SPREAD = 0.05
+# A look held back by throttle pauses longer than this (or a tenth of the
+# render's age) teaches nothing about render times.
+PAUSE_TOLERANCE_S = 0.25
 
 
 @dataclass(slots=True)
@@ -108,6 +125,11 @@ class _Render:
     # Created by this run: its age is a render time the poll planner can learn from.
     # An adopted render was created who knows when.
     age_known: bool = True
+    ended: bool = False  # settled (by a poll or an event): nothing more to do
+    token: int | None = None  # its place at the render gate
+    kind: tuple[str, str | None] = ("", None)  # model and resolution: its render times
+    sampled: bool = True  # looked at several times, to learn render times from
+    plan_seq: int = 0  # its latest place in the schedule; older places are void
 
 
 class Follower:
@@ -133,8 +155,14 @@ class Follower:
         render_timeout: float = DEFAULT_RENDER_TIMEOUT,
         batch_name: str = "",
         metadata: bool = True,
+        listening: bool = False,
     ) -> None:
-        self.planner = PollPlanner()
+        self.planner = PollPlanner()  # render times over every kind
+        self.planners = Planners(self.planner)
+        self._rng = random.Random()
+        self._listening = listening  # webhooks settle renders; polls are the fallback
+        self._followed: dict[str, _Render] = {}  # by project id
+        self._early: OrderedDict[str, ProjectStatus] = OrderedDict()
         self._state = state
         self._counters = state.counters
         self._client = client
@@ -183,18 +211,30 @@ class Follower:
         submitted = dataclasses.replace(
             item, state="submitted", project_id=project_id, attempts=item.attempts + 1
         )
-        self._plan(_Render(submitted, project_id, charged, time.monotonic()))
+        kind = _kind(item)
+        render = _Render(
+            submitted,
+            project_id,
+            charged,
+            time.monotonic(),
+            token=self._gate.created(lambda age: self.planners.of(kind).done_share(age)),
+            kind=kind,
+            sampled=self.planners.sample_next(kind),
+        )
+        self._followed[project_id] = render
+        if not self._event_came_early(render):
+            self._plan(render)
 
     def adopt(
         self, items: Sequence[ItemRecord], charged: Mapping[str, int], *, first_look: bool
     ) -> None:
         """Renders created earlier (a previous run, a dead worker), already held for
         this run; `charged` is each project's net charge in the ledger."""
-        self._gate.adopt(len(items))
+        tokens = self._gate.adopt(len(items))
         self._counters.rendering += len(items)
         if first_look:
             self._first_looks_left += len(items)
-        for item in items:
+        for item, token in zip(items, tokens, strict=True):
             assert item.project_id is not None
             render = _Render(
                 item,
@@ -203,25 +243,90 @@ class Follower:
                 time.monotonic(),
                 first_look=first_look,
                 age_known=False,
+                token=token,
+                kind=_kind(item),
             )
-            self._poll_now(render)  # age unknown: look now
+            self._followed[render.project_id] = render
+            if not self._event_came_early(render):
+                self._poll_now(render)  # age unknown: look now
 
     async def first_looks_done(self) -> None:
         """Every render adopted with `first_look` has been looked at once."""
         while self._first_looks_left > 0:
             await self._first_looks_seen.wait()
 
+    # ------------------------------------------------------------------ webhook events
+
+    def on_event(self, status: ProjectStatus) -> None:
+        """A verified webhook event (or one another worker stored): the project as a
+        poll would show it. Settles the render if it is followed here and not yet
+        settled; otherwise it is kept a while, for a create still being recorded."""
+        render = self._followed.get(status.project_id)
+        if render is None:
+            self._early[status.project_id] = status
+            self._early.move_to_end(status.project_id)
+            while len(self._early) > EARLY_EVENTS_KEPT:
+                self._early.popitem(last=False)
+            return
+        if render.ended or status.status not in FINISHED or self._tasks is None:
+            return
+        self._tasks.start_soon(self._settle, render, status)
+
+    def look_now(self, project_id: str) -> None:
+        """An event said a render ended but not how (a payload without a usable
+        project): poll it now instead of at its fallback time."""
+        render = self._followed.get(project_id)
+        if render is not None and not render.ended:
+            self._schedule_at(time.monotonic(), render)
+
+    def _event_came_early(self, render: _Render) -> bool:
+        status = self._early.pop(render.project_id, None)
+        if status is None or status.status not in FINISHED or self._tasks is None:
+            return False
+        self._tasks.start_soon(self._settle, render, status)
+        return True
+
+    async def _settle(self, render: _Render, status: ProjectStatus) -> None:
+        """End a render from an event, exactly as a poll answer would."""
+        self._first_look_seen(render)
+        if self._cannot_write is not None or not self._end(render):
+            return
+        if render.age_known:
+            age = time.monotonic() - render.created_at
+            self.planners.observe(render.kind, age, age)  # the event came as it ended
+        refunded = _refunded(render, status)  # judged on the charge before this event
+        await self._see_charge(render, status)
+        await self._ended(render, status, refunded=refunded)
+
+    def _end(self, render: _Render) -> bool:
+        """Mark a render settled; False when something settled it already."""
+        if render.ended:
+            return False
+        render.ended = True
+        self._followed.pop(render.project_id, None)
+        return True
+
     # ------------------------------------------------------------------ the schedule
 
     def _plan(self, render: _Render) -> None:
         age = time.monotonic() - render.created_at
-        self._schedule_at(time.monotonic() + self.planner.next_delay(age, render.polls), render)
+        planner = self.planners.of(render.kind)
+        if self._listening:
+            delay = fallback_delay(age, render.polls)
+        elif render.sampled:
+            delay = planner.next_delay(age, render.polls)
+        else:
+            # Renders created together are not all looked at in the same instant.
+            delay = planner.sparse_delay(age, render.polls)
+            delay += self._rng.uniform(0.0, POLL_SPREAD * delay)
+        self._schedule_at(time.monotonic() + delay, render)
 
     def _schedule_at(self, due: float, render: _Render) -> None:
         if self._cannot_write is not None:
             self._poll_now(render)  # the pollers hand it back
             return
         self._seq += 1
+        render.plan_seq = self._seq
         heapq.heappush(self._schedule, (due, self._seq, render))
         if self._schedule[0][1] == self._seq:
             self._schedule_changed.set()
@@ -236,8 +341,9 @@ class Follower:
             changed = self._schedule_changed = anyio.Event()
             now = time.monotonic()
             while self._schedule and self._schedule[0][0] <= now:
-                _, _, render = heapq.heappop(self._schedule)
-                self._poll_now(render)
+                _, seq, render = heapq.heappop(self._schedule)
+                if not render.ended and seq == render.plan_seq:
+                    self._poll_now(render)
             timeout = self._schedule[0][0] - now if self._schedule else math.inf
             with anyio.move_on_after(timeout):
                 await changed.wait()
@@ -273,9 +379,13 @@ class Follower:
         return status
 
     async def _poll(self, render: _Render) -> None:
+        if render.ended:  # an event settled it while it waited
+            self._first_look_seen(render)
+            return
         if self._cannot_write is not None:
             self._first_look_seen(render)
-            await self._let_go(render)
+            if self._end(render):
+                await self._let_go(render)
             return
         age = time.monotonic() - render.created_at
         try:
@@ -291,7 +401,10 @@ class Follower:
             return
         except (ApiError, TransportError) as exc:
             self._first_look_seen(render)
+            if _settled_meanwhile(render):
+                return
             if isinstance(exc, ApiError) and exc.status == NOT_FOUND:
+                self._end(render)
                 await self._render_failed(render, None, "not_found", exc.message)
                 return
             render.polls += 1
@@ -314,12 +427,15 @@ class Follower:
         render.polls += 1
         render.failed_polls = 0
         self._first_look_seen(render)
+        if _settled_meanwhile(render):  # an event settled it during the GET
+            return
         refunded = _refunded(render, status)  # judged on the charge before this poll
         await self._see_charge(render, status)
         if status.status not in FINISHED:
             render.last_pending_age = age
             if not self._wait:
                 # --no-wait: a resumed batch looks once, then leaves the render be.
+                self._end(render)
                 await self._let_go(render)
                 return
             if status.status not in KNOWN_STATES:
@@ -328,8 +444,21 @@ class Follower:
                 return
             self._plan(render)
             return
-        if render.age_known:
-            self.planner.observe(age, render.last_pending_age)
+        self._end(render)
+        if render.age_known and render.sampled and not self._paused_meanwhile(render, age):
+            self.planners.observe(render.kind, age, render.last_pending_age)
+        await self._ended(render, status, refunded=refunded)
+
+    def _paused_meanwhile(self, render: _Render, age: float) -> bool:
+        """A throttle pause held this look back: its render time would be too long
+        (a pause is never learned as a render time)."""
+        since = render.created_at + (render.last_pending_age or 0.0)
+        paused = self._limiter.paused_between(since, render.created_at + age)
+        return paused > max(PAUSE_TOLERANCE_S, 0.1 * age)
+
+    async def _ended(self, render: _Render, status: ProjectStatus, *, refunded: bool) -> None:
+        """A finished render, from a poll or an event: complete, or failed (and
+        `refunded`, as judged on the charge before this answer, then re-created)."""
         if status.status == "complete":
             await self._complete(render, status)
         else:
@@ -398,20 +527,20 @@ class Follower:
                 self._first_looks_seen.set()
                 self._first_looks_seen = anyio.Event()
 
-    def _render_left(self) -> None:
+    def _render_left(self, render: _Render) -> None:
         """A render is no longer followed: its place under the render cap is free."""
         self._counters.rendering -= 1
-        self._gate.finished()
+        self._gate.finished(render.token)
 
     async def _let_go(self, render: _Render) -> None:
         """Stop following a render that has not ended: it stays `submitted`, for `resume`."""
-        self._render_left()
+        self._render_left(render)
         await self._state.release([render.item])
 
     # ------------------------------------------------------------------ how renders end
 
     async def _complete(self, render: _Render, status: ProjectStatus) -> None:
-        self._render_left()
+        self._render_left(render)
         refund = render.refunded  # recorded as it was seen (_see_charge)
         line = self._line(render, "complete", refunded=refund)
         files: tuple[ImageFile, ...] = ()
@@ -469,7 +598,8 @@ class Follower:
             )
             while self._schedule:  # due now: the pollers hand them back
                 _, _, waiting = heapq.heappop(self._schedule)
-                self._poll_now(waiting)
+                if not waiting.ended:
+                    self._poll_now(waiting)
         await self._state.release([render.item])
 
     async def _finish(self, render: _Render, state: str, **fields: Any) -> None:
@@ -489,7 +619,7 @@ class Follower:
         *,
         refunded: bool = False,
     ) -> None:
-        self._render_left()
+        self._render_left(render)
         refund = render.refunded  # recorded as it was seen (_see_charge)
         item = render.item
         # Only a render the API says failed *and* refunded is cheap to create
@@ -671,6 +801,16 @@ def _why(exc: BatcherError) -> str:
     if isinstance(exc, DownloadExpiredError):
         return f"the download URL was refused ({exc})"
     return str(exc)
+
+
+def _kind(item: ItemRecord) -> tuple[str, str | None]:
+    """Renders of one model and resolution take alike long."""
+    return (item.settings.model, item.settings.resolution)
+
+
+def _settled_meanwhile(render: _Render) -> bool:
+    """Whether an event settled the render while a poll of it was awaited."""
+    return render.ended
 
 
 def _remove_quietly(path: Path) -> None:

@@ -2,15 +2,31 @@
 
 Both are learned while the batch runs rather than assumed, since the API
 publishes neither its render times nor its limits.
+
+- PollPlanner: render times of one kind (model and resolution). A few renders
+  of each kind are sampled (looked at several times around the likely end),
+  which keeps the learned distribution honest; the others are looked at once,
+  when a render is very likely done. `Planners` keeps one per kind.
+- RenderGate: the account's cap on renders in flight. Renders whose learned
+  render time has passed count as probably done, so a create goes as soon as a
+  place is likely free instead of waiting for a poll to see it; a 429 then
+  only says "not yet". A 429 while fewer renders are in flight than the cap
+  is a rate limit, not the cap (the caller slows the request rate instead).
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
 import math
+import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 
 import anyio
+
+log = logging.getLogger(__name__)
 
 # Before any render has been seen finishing: the SDK's cadence, slightly relaxed.
 FIRST_POLL_S = 1.0
@@ -25,6 +41,23 @@ MIN_SAMPLES = 4
 # looks spread over the likely window keep the average near 2.5 polls per
 # item while a finished render waits about an eighth of that window.
 QUANTILES = (0.25, 0.5, 0.75, 0.95)
+# Renders not sampled are looked at once, when this share of renders is done;
+# one render in SAMPLE_EVERY of each kind is sampled (polled at QUANTILES),
+# so that what is learned is not skewed by looking late.
+SPARSE_QUANTILE = 0.9
+SAMPLE_EVERY = 6
+# With the webhook receiver on, polls only catch an event that was lost: the
+# first a minute after the create, then at gaps growing by half each time.
+FALLBACK_FIRST_S = 60.0
+FALLBACK_GROWTH = 1.5
+FALLBACK_MAX_S = 600.0
+
+
+def fallback_delay(age: float, polls: int) -> float:
+    """Seconds until the next fallback poll of a render `age` s old, polled `polls` times."""
+    if polls == 0:
+        return max(0.0, FALLBACK_FIRST_S - age)
+    return min(FALLBACK_MAX_S, FALLBACK_FIRST_S * FALLBACK_GROWTH**polls)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -40,6 +73,7 @@ class PollPlanner:
     def __init__(self) -> None:
         self._samples: deque[float] = deque(maxlen=SAMPLES)
         self._schedule: tuple[float, ...] | None = None
+        self._sorted: list[float] | None = None
         self._spread = EARLY_STEP_S
 
     @property
@@ -57,6 +91,7 @@ class PollPlanner:
         low = max(0.0, min(not_before, not_after))
         self._samples.append((low + not_after) / 2)
         self._schedule = None
+        self._sorted = None
 
     def _step(self) -> float:
         """The typical gap between planned looks."""
@@ -76,6 +111,37 @@ class PollPlanner:
                 self._schedule = tuple(sorted(set(ages)))
         return self._schedule
 
+    def done_share(self, age: float) -> float:
+        """The share of renders done by `age` s after their create, from the render
+        times learned (0 until enough are known: every render counts as busy)."""
+        if len(self._samples) < MIN_SAMPLES:
+            return 0.0
+        ordered = self._ordered()
+        if age < ordered[0]:
+            return 0.0
+        if age >= ordered[-1]:
+            return 1.0
+        return bisect.bisect_right(ordered, age) / len(ordered)
+
+    def _ordered(self) -> list[float]:
+        if self._sorted is None:
+            self._sorted = sorted(self._samples)
+        return self._sorted
+
+    def sparse_delay(self, age: float, polls: int) -> float:
+        """Seconds until the next poll of a render that is not being sampled: once
+        when it is very likely done (SPARSE_QUANTILE), then at short, growing
+        steps. Without enough samples, the sampling schedule (`next_delay`)."""
+        if len(self._samples) < MIN_SAMPLES:
+            return self.next_delay(age, polls)
+        ordered = self._ordered()
+        likely = max(MIN_STEP_S, _quantile(ordered, SPARSE_QUANTILE))
+        if polls == 0 and likely > age:
+            return likely - age
+        late_step = max(MIN_STEP_S, (ordered[-1] - _quantile(ordered, 0.5)) / 5)
+        late = max(0, polls - 1)
+        return min(MAX_STEP_S, late_step * BACKOFF**late)
+
     def next_delay(self, age: float, polls: int) -> float:
         """Seconds from now until the next poll of a render created `age` s ago."""
         schedule = self._poll_ages()
@@ -90,28 +156,99 @@ class PollPlanner:
         return min(MAX_STEP_S, self._spread * BACKOFF**late)
 
 
+Kind = Hashable
+
+
+class Planners:
+    """A PollPlanner per kind of render (model, resolution), and one over all: a
+    kind with too few render times of its own is planned from all of them."""
+
+    def __init__(self, overall: PollPlanner | None = None) -> None:
+        self.overall = overall or PollPlanner()
+        self._kinds: dict[Kind, PollPlanner] = {}
+        self._created: dict[Kind, int] = {}
+
+    def of(self, kind: Kind) -> PollPlanner:
+        own = self._kinds.get(kind)
+        if own is not None and own.samples >= MIN_SAMPLES:
+            return own
+        return self.overall
+
+    def observe(self, kind: Kind, not_after: float, not_before: float | None) -> None:
+        self._kinds.setdefault(kind, PollPlanner()).observe(not_after, not_before)
+        self.overall.observe(not_after, not_before)
+
+    def sample_next(self, kind: Kind) -> bool:
+        """Whether the next render of this kind is sampled: all of them until the
+        kind's render times are known, then one in SAMPLE_EVERY."""
+        count = self._created.get(kind, 0)
+        self._created[kind] = count + 1
+        own = self._kinds.get(kind)
+        if own is None or own.samples < MIN_SAMPLES:
+            return True
+        return count % SAMPLE_EVERY == 0
+
+
+DoneShare = Callable[[float], float]
+
+
+@dataclass(slots=True)
+class _Tracked:
+    created_at: float | None  # None: adopted, its age unknown (busy until seen done)
+    done_share: DoneShare | None
+
+
 @dataclass
 class _GateState:
     cap: int | None = None
-    outstanding: int = 0  # renders created and not yet seen finished
+    floor: int = 0  # the most renders seen accepted at once, all surely still busy
     sending: int = 0  # creates in flight
     successes: int = 0  # creates accepted since the cap last moved
+    refused_busy: float | None = None  # the busy estimate at the last render-cap 429
+    burst_left: int = 0  # creates in flight when the cap was first set: they refine it
+    renders: dict[int, _Tracked] = field(default_factory=dict)  # created, not seen done
+
+
+# A place is taken to be free when the renders probably still busy are at most
+# the cap less this much: most of a render's place expected free (0.5 sent more
+# creates into 429s for no shorter makespan, measured with bench/pacing.py).
+FREE_MARGIN = 0.8
+# A render is surely still busy while this many times its age is below every
+# render time learned.
+SURE_MARGIN = 1.5
+# After a render-cap 429, the next create waits until this much more of a
+# render is expected done (or one is seen done).
+REFUSED_STEP = 0.5
+# While places are expected to free as time passes, waiting creates look again
+# this often.
+LOOK_AGAIN_S = 0.05
+BUSY_FRESH_S = 0.005  # an estimate this young is reused
 
 
 class RenderGate:
-    """Learns the account's cap on renders in flight from 429s on creates.
+    """Learns the account's cap on renders in flight from 429s on creates, and
+    lets a create go when a place is probably free.
 
-    A 429 while renders are outstanding sets the cap to what is outstanding;
-    creates then wait for a render to finish. Once per `cap` accepted creates
-    one more is tried beyond it, so a cap that was set too low (or a limit
-    that grew) is found again. Under a plain request-rate limit this still
-    behaves: by Little's law a cap on renders in flight is a cap on the
-    create rate, at the rate the 429 was seen.
+    A 429 on a create is the render cap when as many renders as the cap may be
+    in flight; the cap is then what is probably busy (never below `floor`,
+    the most renders seen accepted at once while all were surely busy). After
+    it, creates wait until one more render is expected done or one is seen
+    done. A 429 while fewer renders than the cap can be in flight, or with none,
+    is a rate limit: `throttled()` returns False and the caller slows the
+    request rate. Once per `cap` accepted creates one more is tried beyond
+    the cap, so a cap that was set too low (or a limit that grew) is found.
+    Renders adopted from an earlier run count as busy until seen done.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._state = _GateState()
         self._room = anyio.Event()
+        self._clock = clock
+        self._tokens = 0
+        self._lead = 0.0  # seconds from sending a create to the server's look at it
+        self._timer_taken = False  # a waiter looks again on a timer for the others
+        self._version = 0  # moves with every change of what `busy` sums
+        self._busy_cache: tuple[float, int, float] = (-math.inf, -1, 0.0)
 
     @property
     def cap(self) -> int | None:
@@ -119,57 +256,172 @@ class RenderGate:
 
     @property
     def outstanding(self) -> int:
-        return self._state.outstanding
+        """Renders created and not yet seen done."""
+        return len(self._state.renders)
+
+    def set_lead(self, seconds: float) -> None:
+        """How long a create takes to reach the server: places are judged as they
+        will be when it arrives."""
+        self._lead = max(0.0, seconds)
+
+    def busy(self) -> float:
+        """Creates in flight plus the renders probably still busy at the server
+        when a create sent now arrives there."""
+        s = self._state
+        now = self._clock() + self._lead
+        cached_at, version, value = self._busy_cache
+        if version == self._version and abs(now - cached_at) < BUSY_FRESH_S:
+            return value  # many waiters woken at once ask in the same instant
+        busy = float(s.sending)
+        for render in s.renders.values():
+            if render.created_at is None or render.done_share is None:
+                busy += 1.0
+            else:
+                busy += 1.0 - render.done_share(now - render.created_at)
+        self._busy_cache = (now, self._version, busy)
+        return busy
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    def _surely_busy(self) -> int:
+        """Renders younger than any render time learned; before render times are
+        known, every render created here and not seen done."""
+        now = self._clock()
+        surely = 0
+        for render in self._state.renders.values():
+            if render.created_at is None:
+                continue  # adopted: who knows
+            share = render.done_share
+            age = now - render.created_at
+            # With a margin: learned times are midpoints of the looks around each end.
+            if share is None or share(math.inf) < 1.0 or share(age * SURE_MARGIN) == 0.0:
+                surely += 1
+        return surely
 
     def _has_room(self) -> bool:
         s = self._state
         if s.cap is None:
             return True
-        in_use = s.outstanding + s.sending
+        busy = self.busy()
+        if s.refused_busy is not None and busy > s.refused_busy - REFUSED_STEP + 1e-9:
+            return False  # refused: wait until a part of a render more is expected done
         probe = s.successes >= s.cap and s.sending == 0
-        return in_use < s.cap or probe
+        return busy <= s.cap - FREE_MARGIN or probe
+
+    def _estimates_move(self) -> bool:
+        return any(
+            render.done_share is not None and render.created_at is not None
+            for render in self._state.renders.values()
+        )
 
     async def acquire(self) -> None:
-        """Wait until one more create may be sent, and hold a place for it."""
-        while not self._has_room():
-            room = self._room
-            await room.wait()
-        self._state.sending += 1
+        """Wait until one more create may be sent, and hold a place for it.
 
-    def created(self) -> None:
+        While places free as time passes (renders probably done), one waiter
+        looks again every LOOK_AGAIN_S and the others wait for it: a hundred
+        waiting senders cost one look, not a hundred."""
+        owner = False
+        try:
+            while not self._has_room():
+                room = self._room
+                if owner or (self._estimates_move() and not self._timer_taken):
+                    owner = self._timer_taken = True
+                    with anyio.move_on_after(LOOK_AGAIN_S):
+                        await room.wait()
+                else:
+                    await room.wait()
+        finally:
+            if owner:
+                self._timer_taken = False
+                self._wake()  # another waiter takes the timer, or the room left
+        self._state.sending += 1
+        self._changed()
+
+    def created(self, done_share: DoneShare | None = None) -> int:
+        """A create was accepted; returns the token its `finished` gives back.
+        `done_share(age)`: the share of renders of its kind done by that age."""
         s = self._state
         s.sending -= 1
-        s.outstanding += 1
+        self._changed()
         s.successes += 1
-        if s.cap is not None and s.outstanding > s.cap:
-            s.cap = s.outstanding
+        s.refused_busy = None
+        self._tokens += 1
+        s.renders[self._tokens] = _Tracked(self._clock(), done_share)
+        if s.burst_left > 0 and s.cap is not None:
+            # Sent in the burst whose 429 set the cap, and accepted: the cap is at
+            # least what is in flight now (that 429 may have been the rate limit).
+            s.burst_left -= 1
+            if len(s.renders) > s.cap:
+                self._cap_moved(len(s.renders), "accepted in the burst that set it")
+        surely = self._surely_busy()
+        s.floor = max(s.floor, surely)
+        if s.cap is not None and surely > s.cap:
+            self._cap_moved(surely, "more are surely rendering")  # it grew
             s.successes = 0
+        return self._tokens
 
     def throttled(self) -> bool:
-        """A create got 429. Returns True when the gate explains it (renders are
-        outstanding), so callers need not also slow every other request down."""
+        """A create got 429. True when it is the render cap (the gate paces the next
+        creates); False when it is a rate limit, for the caller to slow down."""
         s = self._state
         s.sending -= 1
+        self._changed()
+        s.burst_left = max(0, s.burst_left - 1)
         self._wake()
-        if s.outstanding == 0:
-            return False
-        s.cap = max(1, s.outstanding)
+        possibly = len(s.renders) + s.sending
+        if possibly == 0 or (s.cap is not None and possibly < s.cap):
+            return False  # fewer in flight than the cap: not the cap
+        if s.cap is None:
+            # What is probably rendering now; a known cap is never lowered from
+            # estimates (an optimistic one would shrink it for nothing).
+            probably = math.floor(self.busy() - s.sending + FREE_MARGIN)
+            self._cap_moved(max(1, s.floor, min(len(s.renders), probably)), "429")
+            s.burst_left = s.sending
         s.successes = 0
+        s.refused_busy = self.busy()
         return True
+
+    def _cap_moved(self, cap: int, why: str) -> None:
+        log.debug(
+            "render cap %s -> %d (%s)",
+            self._state.cap,
+            cap,
+            why,
+            extra={"event": "gate.cap", "cap": cap, "previous_cap": self._state.cap},
+        )
+        self._state.cap = cap
 
     def not_created(self) -> None:
         """A create ended without a project (refused, lost, stopped)."""
         self._state.sending -= 1
+        self._changed()
+        self._state.burst_left = max(0, self._state.burst_left - 1)
         self._wake()
 
-    def finished(self, count: int = 1) -> None:
-        """Renders were seen finishing (or given up on): their places are free."""
-        self._state.outstanding = max(0, self._state.outstanding - count)
+    def finished(self, token: int | None = None) -> None:
+        """A render was seen done (or given up on): its place is free. Without a
+        token, the oldest render goes (callers that do not keep tokens)."""
+        renders = self._state.renders
+        if token is None:
+            if renders:
+                del renders[next(iter(renders))]
+                self._changed()
+        else:
+            renders.pop(token, None)
+            self._changed()
+        self._state.refused_busy = None
         self._wake()
 
-    def adopt(self, count: int) -> None:
-        """Renders created earlier (a resumed batch) that now count as outstanding."""
-        self._state.outstanding += count
+    def adopt(self, count: int) -> list[int]:
+        """Renders created earlier (a resumed batch): busy until seen done."""
+        tokens = []
+        for _ in range(count):
+            self._tokens += 1
+            self._state.renders[self._tokens] = _Tracked(None, None)
+            self._changed()
+            tokens.append(self._tokens)
+        return tokens
 
     def _wake(self) -> None:
         self._room.set()

@@ -17,14 +17,16 @@ creates can never overshoot it. Creates in doubt several times in a row trip
 the breaker (batcher.run.breaker): nothing more is sent.
 
 429s are paced, not merely retried: every request waits for the AdaptiveLimiter,
-which a 429 pauses and narrows; a 429 that the render gate explains (renders are
-outstanding: the account's cap on renders in flight) waits for a render to
-finish instead, and does not count as a failed attempt.
+which a 429 pauses, narrows and slows to a learned request rate; a 429 that the
+render gate explains (as many renders as its cap may be in flight: the
+account's cap on renders in flight) waits for a render to be probably done
+instead, and does not count as a failed attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -118,6 +120,7 @@ class Sender:
         self._probes: dict[Kind, tuple[int, anyio.Event]] = {}
         self._reserved = 0  # credits reserved by creates not yet settled
         self._shields: set[anyio.CancelScope] = set()
+        self._rtt: float | None = None  # a create's round trip, smoothed
 
     def learn_charges(self, observed: Mapping[Kind, int]) -> None:
         """What items of each kind were charged before (the ledger's credit rows)."""
@@ -227,7 +230,7 @@ class Sender:
         records it.
         """
         try:
-            await self._limiter.acquire()
+            ticket = await self._limiter.acquire()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._settle_send(SendFailed(item.id, item.batch_id, "pending", reserve))
@@ -256,7 +259,7 @@ class Sender:
                 await self._created(item, answer, reserve)
                 outcome: object | ApiError | TransportError = _SETTLED
             else:
-                outcome = await self._create_failed(item, answer, reserve)
+                outcome = await self._create_failed(item, answer, reserve, ticket)
         return outcome
 
     async def _request(
@@ -264,8 +267,11 @@ class Sender:
     ) -> CreatedProject | ApiError | TransportError:
         self._counters.sent += 1
         self._counters.in_flight += 1
+        sent_at = time.monotonic()
         try:
-            return await self._client.create_image(body)
+            created = await self._client.create_image(body)
+            self._round_trip(time.monotonic() - sent_at)
+            return created
         except anyio.get_cancelled_exc_class():
             # Aborted mid-request: it may have reached the server.
             await self._settle_send(
@@ -323,11 +329,10 @@ class Sender:
         if not self._wait:
             self._state.settle()
             return
-        self._gate.created()
         self._follower.follow(item, created.project_id, created.credits_charged)
 
     async def _create_failed(
-        self, item: ItemRecord, exc: ApiError | TransportError, reserve: int
+        self, item: ItemRecord, exc: ApiError | TransportError, reserve: int, ticket: int
     ) -> object | ApiError | TransportError:
         """Record a create that came back without a project. _SETTLED, _GATED, or
         the error to retry (the item is `pending` again)."""
@@ -373,10 +378,13 @@ class Sender:
                 return exc
             self._counters.throttled += 1
             assert isinstance(exc, ApiError)
+            # The render cap (as many renders as the cap may be in flight) or a rate
+            # limit (fewer, or none): the gate paces the first, the limiter's
+            # request rate the second; one is never taken for the other.
             explained = self._wait and self._gate.throttled()
             if explained and exc.retry_after is None:
                 return _GATED  # the render cap, and nothing said: the gate alone paces it
-            self._limiter.on_throttle(exc.retry_after)
+            self._limiter.on_throttle(exc.retry_after, ticket=ticket)
             return exc
         # Refused for good (400, 402, 403, 404, 422...): the API said why.
         assert isinstance(exc, ApiError)
@@ -400,6 +408,11 @@ class Sender:
                 STOP_CREDITS, f"the account cannot pay for more (HTTP 402: {exc.message})"
             )
         return _SETTLED
+
+    def _round_trip(self, seconds: float) -> None:
+        """Creates reach the server about half a round trip after they leave."""
+        self._rtt = seconds if self._rtt is None else 0.8 * self._rtt + 0.2 * seconds
+        self._gate.set_lead(self._rtt / 2)
 
     async def _gave_up(self, item: ItemRecord, exc: ApiError | TransportError) -> None:
         """Retries ran out on a create that surely created nothing: `resume` retries it."""

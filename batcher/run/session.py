@@ -60,6 +60,7 @@ from batcher.run.rerun import (
 from batcher.run.setting_checks import check_limits
 from batcher.run.signals import SignalsSeen, can_handle_signals, stop_on_signals
 from batcher.run.summary import RunStats, RunSummary, exit_code
+from batcher.run.webhooks import WebhookListen
 from batcher.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CREATE_TIMEOUT,
@@ -117,6 +118,7 @@ class SendSettings:
     notify: tuple[str, ...] = ()
     canary: int | None = None  # send this many items first and report (batcher.run.canary)
     yes: bool = False  # after a canary that fits, go on without asking
+    webhook: WebhookListen | None = None  # --webhook-listen, with its secret
 
     def __post_init__(self) -> None:
         check_canary(self.canary, wait=self.wait)
@@ -162,6 +164,7 @@ class SendSettings:
             grace=self.grace,
             render_timeout=self.render_timeout,
             ledger_hold_s=self.ledger_hold,
+            webhook=self.webhook,
         )
 
     def timeouts(self) -> Timeouts:
@@ -242,6 +245,7 @@ async def run_jobs(
         base_url=context.base_url,
         environ=context.environ,
         on_sandbox=observer.sandbox_started,
+        webhook=settings.webhook,
     ) as endpoint:
         # Every output folder before the ledger is touched: a bad --out is bad
         # input, refused with nothing sent and nothing written.
@@ -302,6 +306,7 @@ async def serve_batch(
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
             offers_sandbox=requeue,  # resume has --sandbox, worker has not
+            webhook=settings.webhook,
         ) as endpoint:
             # The local check first (sandbox or not); it records the endpoint only
             # on a batch that has none yet, which `run` now always records.
@@ -573,6 +578,7 @@ async def rerun_batch(
             base_url=context.base_url,
             environ=context.environ,
             on_sandbox=observer.sandbox_started,
+            webhook=settings.webhook,
         ) as endpoint:
             # The local check first (sandbox or not); it records the endpoint only
             # on a batch that has none yet, which `run` now always records.

@@ -76,9 +76,15 @@ def status_table(report: StatusReport) -> Table:
     varied = any(row.var_names for row in report.batches)
     if varied:
         table.add_column("vars")
+    # Webhook columns only once a batch has had events or refusals.
+    hooked = any(row.webhooks.deliveries or row.webhooks.rejected for row in report.batches)
+    if hooked:
+        table.add_column("events", justify="right")
+        table.add_column("refused", justify="right")
     for row in report.batches:
         reviews = [f"{row.reviews.picked:,}", f"{row.reviews.rejected:,}"] if reviewed else []
         names = [Text(", ".join(row.var_names))] if varied else []
+        hooks = [f"{row.webhooks.events:,}", f"{row.webhooks.rejected:,}"] if hooked else []
         table.add_row(
             Text(row.name),
             f"{row.items:,}",
@@ -89,6 +95,7 @@ def status_table(report: StatusReport) -> Table:
             "" if row.budget is None else f"{row.budget:,}",
             *reviews,
             *names,
+            *hooks,
         )
     return table
 
