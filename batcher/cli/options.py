@@ -263,8 +263,8 @@ run_options = _stack(
         "--webhook-listen",
         metavar="HOST:PORT",
         help="Serve the account's webhook here during the run (any path, POST); polls "
-        "become a fallback for lost events. Needs MAGIC_HOUR_WEBHOOK_SECRET "
-        "[env: MAGIC_HOUR_WEBHOOK_SECRET].",
+        "become a fallback for lost events; the signing secret comes from "
+        "[env MAGIC_HOUR_WEBHOOK_SECRET; required with it].",
     ),
     click.option(
         "--no-preflight",
