@@ -48,8 +48,9 @@ from batcher.errors import (
     ReviewError,
     TransportError,
 )
+from batcher.settings import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 if TYPE_CHECKING:
     from batcher.client.magic_hour import Account

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+VERSION = "0.1.0"  # batcher.__version__; the client sends it in its User-Agent
+
 API_KEY_ENV = "MAGIC_HOUR_API_KEY"
 BASE_URL_ENV = "MAGIC_HOUR_BASE_URL"
 DATABASE_URL_ENV = "BATCHER_DATABASE_URL"

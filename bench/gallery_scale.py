@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from batcher.folders import slug
 from batcher.reports import thumbnails
 from batcher.reports.gallery_data import GalleryData, GalleryFile, GalleryItem
 from batcher.reports.gallery_page import render_page
-from batcher.run.files import slug
 from batcher.sandbox.emulator import ImageJob
 from batcher.sandbox.images import render_png
 

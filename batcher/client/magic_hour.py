@@ -84,7 +84,6 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from batcher import __version__
 from batcher.client.charges import plausible_credits, plausible_or_none
 from batcher.client.latency import AdaptiveTimeout
 from batcher.client.pool import PooledTransport
@@ -110,6 +109,7 @@ from batcher.settings import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_POLL_TIMEOUT,
+    VERSION,
     ApiConfig,
 )
 
@@ -147,7 +147,7 @@ MESSAGE_EXCERPT_CHARS: Final = 200
 MESSAGE_SCAN_CHARS: Final = 4 * MESSAGE_EXCERPT_CHARS
 MAX_PROJECT_ID_CHARS: Final = 200  # the ledger's column
 
-USER_AGENT: Final = f"batcher/{__version__}"
+USER_AGENT: Final = f"batcher/{VERSION}"
 PROJECT_STATES: Final = ("draft", "queued", "rendering", "complete", "error", "canceled")
 FINISHED_STATES: Final = frozenset({"complete", "error", "canceled"})
 EXPIRED_DOWNLOAD_STATUSES: Final = frozenset({403, 404, 410})

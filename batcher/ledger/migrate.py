@@ -13,12 +13,10 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine
 
-import batcher
-
 
 def migrations_dir() -> Path:
     """The Alembic scripts: shipped as batcher/_migrations in a wheel, migrations/ in a checkout."""
-    package = Path(batcher.__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # batcher/
     for candidate in (package / "_migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from batcher.errors import ConfigError, OutputError
+from batcher.folders import MANIFEST, batch_folder
 from batcher.ledger import (
     FAILURE_DOWNLOAD,
     FAILURE_LOST,
@@ -29,7 +30,6 @@ from batcher.ledger import (
     SavedFile,
 )
 from batcher.ledger.models import utcnow
-from batcher.run.files import MANIFEST, batch_folder
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,11 @@ import anyio.abc
 
 from batcher.client.limits import AdaptiveLimiter
 from batcher.errors import LedgerLostError
+from batcher.folders import batch_folder
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, LedgerWriter
 from batcher.run.breaker import DoubtBreaker
 from batcher.run.feeder import Feeder
-from batcher.run.files import Manifest, batch_folder, prepare_folder
+from batcher.run.files import Manifest, prepare_folder
 from batcher.run.follower import Follower
 from batcher.run.inbox import WebhookInbox
 from batcher.run.liveness import new_worker

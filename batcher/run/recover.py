@@ -24,13 +24,13 @@ import anyio.to_thread
 
 from batcher.client.magic_hour import MagicHourClient
 from batcher.errors import ConfigError, InputError, OutputError, Problem
+from batcher.folders import MANIFEST
 from batcher.jobfile.items import ItemSettings, project_name
 from batcher.ledger import Ledger, SavedFile
 from batcher.ledger.rebuild import RebuildCounts, RebuiltItem
 from batcher.ledger.rescue import RescueApplied
 from batcher.reports.reconcile import ReconcileReport, reconcile
 from batcher.run.endpoint import ENDPOINT_SETTING
-from batcher.run.files import MANIFEST
 from batcher.settings import ApiConfig
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ import anyio.to_thread
 
 from batcher.client.magic_hour import MagicHourClient, Timeouts
 from batcher.errors import ConfigError, InputError
+from batcher.folders import MANIFEST, batch_folder
 from batcher.jobfile.catalog import CATALOG_ENV, Catalog, load_catalog
 from batcher.jobfile.items import ItemSettings, project_name
 from batcher.ledger import (
@@ -44,7 +45,7 @@ from batcher.run.batch_run import STOP_INTERRUPTED, RunOptions, RunResult
 from batcher.run.canary import check_canary, continue_command
 from batcher.run.canary_run import CanaryStep, run_with_canary
 from batcher.run.endpoint import Endpoint, check_endpoint, open_endpoint
-from batcher.run.files import MANIFEST, batch_folder, prepare_folder
+from batcher.run.files import prepare_folder
 from batcher.run.observer import RunObserver, RunProgress, to_settle
 from batcher.run.recover import refuse_lost_batch
 from batcher.run.reporting import check_reports, reporting

@@ -12,10 +12,10 @@ from batches import PROMPTS, REDO_PROMPT, BuiltBatch, batcher
 from browser_page import Page
 from PIL import Image
 
+from batcher.folders import slug
 from batcher.ledger import Ledger
 from batcher.reports.gallery_data import GalleryData, GalleryFile, GalleryItem
 from batcher.reports.gallery_page import PAGE_SIZE, render_page
-from batcher.run.files import slug
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

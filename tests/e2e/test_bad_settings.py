@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from e2e_support import batcher_command, cli_env, prompts, write_job
 
-from batcher.run.files import folder_name
+from batcher.folders import folder_name
 from batcher.sandbox import SandboxHandle
 
 MakeSandbox = Callable[..., SandboxHandle]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from batcher.errors import InputError, OutputError, OutputFolderError
-from batcher.run.files import Manifest, batch_folder, image_name, prepare_folder, slug
+from batcher.folders import batch_folder, slug
+from batcher.run.files import Manifest, image_name, prepare_folder
 
 FULL_DEVICE = Path("/dev/full")  # every write fails with ENOSPC, as on a full disk
 needs_dev_full = pytest.mark.skipif(not FULL_DEVICE.exists(), reason="no /dev/full here")
