@@ -100,7 +100,7 @@ from batcher.errors import (
     ResponseLostError,
     TransportError,
 )
-from batcher.scrubber import Scrubber, register
+from batcher.scrubber import Scrubber, register, scrub_optional
 from batcher.settings import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -813,8 +813,15 @@ def _datetime_or_none(value: Any) -> datetime | None:
 
 def project_from_event(data: Mapping[str, Any], project_id: str) -> ProjectStatus:
     """A project document that came another way than a GET (a webhook event's
-    payload), read exactly like a poll answer; MalformedResponseError without a status."""
-    return _parse_project(dict(data), project_id)
+    payload), read exactly like a poll answer; MalformedResponseError without a status.
+    Its texts came from outside, as a poll's do: none may carry the key on."""
+    parsed = _parse_project(dict(data), project_id)
+    return dataclasses.replace(
+        parsed,
+        error_code=scrub_optional(parsed.error_code),
+        error_message=scrub_optional(parsed.error_message),
+        name=scrub_optional(parsed.name),
+    )
 
 
 def _parse_project(data: dict[str, Any], requested_id: str) -> ProjectStatus:

@@ -84,3 +84,20 @@ def test_plausible_charges(value: Any, credits: int) -> None:
 def test_implausible_charges(value: Any) -> None:
     credits, problem = plausible_credits(value)
     assert credits is None and problem
+
+
+def test_a_webhook_events_texts_are_scrubbed_like_a_polls() -> None:
+    from batcher.client.magic_hour import project_from_event
+
+    register(KEY)
+    status = project_from_event(
+        {
+            "id": "p1",
+            "status": "error",
+            "name": f"batch {KEY.lower()}",
+            "error": {"code": KEY, "message": f"key {KEY} was refused"},
+        },
+        "p1",
+    )
+    for text in (status.error_code, status.error_message, status.name):
+        assert text is not None and REDACTED in text and KEY[:8] not in text.casefold()
