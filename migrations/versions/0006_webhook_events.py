@@ -32,9 +32,7 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=True),
         sa.Column("deliveries", sa.Integer(), nullable=False),
         sa.Column("received_by", sa.String(length=64), nullable=True),
-        sa.Column(
-            "received_at", batcher.ledger.models.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("received_at", batcher.ledger.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_at", batcher.ledger.models.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint("kind IN ('event', 'rejected')", name=op.f("ck_webhook_events_kind")),
         sa.CheckConstraint("deliveries >= 1", name=op.f("ck_webhook_events_deliveries")),
