@@ -10,7 +10,10 @@ import re
 import unicodedata
 from pathlib import Path
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = "manifest.jsonl"  # a line per item finished (DESIGN.md)
+# A line per create the API accepted, at once, before its render ends: with the
+# manifest, what `batcher recover` needs to rebuild a lost ledger.
+SENT_LOG = ".sent.jsonl"
 SLUG_LENGTH = 40
 FOLDER_NAME_BYTES = 120  # of a batch's folder name, before its hash (names may be 255)
 FOLDER_HASH_CHARS = 8

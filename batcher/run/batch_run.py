@@ -27,7 +27,7 @@ import anyio.abc
 
 from batcher.client.limits import AdaptiveLimiter
 from batcher.errors import LedgerLostError
-from batcher.folders import batch_folder
+from batcher.folders import SENT_LOG, batch_folder
 from batcher.ledger import BatchRecord, ItemRecord, Ledger, LedgerWriter
 from batcher.run.breaker import DoubtBreaker
 from batcher.run.feeder import Feeder
@@ -163,7 +163,8 @@ class BatchRun:
         self.options = options
         self.out_dir = batch_folder(options.out_dir, batch.name) if options.download else None
         writer = LedgerWriter(ledger, hold_s=options.ledger_hold_s, batch=batch.name)
-        self.state = RunState(writer, Manifest(batch_folder(options.out_dir, batch.name)))
+        folder = batch_folder(options.out_dir, batch.name)
+        self.state = RunState(writer, Manifest(folder), Manifest(folder, SENT_LOG))
         writer.on_lost(self.state.fail)
         self.counters = self.state.counters
         self.limiter = AdaptiveLimiter(options.concurrency, rate=options.rate)

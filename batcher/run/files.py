@@ -76,12 +76,12 @@ def image_name(ordinal: int, prompt: str, key: str, index: int, url: str) -> str
 
 
 class Manifest:
-    """Append-only JSON lines, one per item as it finishes; a later line for a key
-    supersedes an earlier one. Each line is one write() on an O_APPEND file, so
-    several workers may share it."""
+    """Append-only JSON lines, one per item as it finishes (or, named SENT_LOG, as
+    it is created); a later line for a key supersedes an earlier one. Each line is
+    one write() on an O_APPEND file, so several workers may share it."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / MANIFEST
+    def __init__(self, folder: Path, name: str = MANIFEST) -> None:
+        self.path = folder / name
         self._fd: int | None = None
         self._cut_short = False
 

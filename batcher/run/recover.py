@@ -1,10 +1,11 @@
 """A batch whose ledger was lost (deleted, emptied, replaced): refused by `run`,
 rebuilt by `batcher recover BATCH --from-manifest out/BATCH/manifest.jsonl`.
 
-The manifest has a line for every item when it is created (its project id and
-charge) and again when it finishes, so it holds what a rebuild needs: key,
-prompt, settings, project name, place in the job, project id, credits and
-state. `recover` rebuilds the items from the latest line per key
+The sent log beside the manifest (`.sent.jsonl`) has a line for every item
+when it is created (its project id and charge), the manifest one when it
+finishes, so together they hold what a rebuild needs: key, prompt, settings,
+project name, place in the job, project id, credits and state. `recover`
+rebuilds the items from the latest line per key
 (batcher.ledger.rebuild), applies any rescue file the lost run left
 (batcher.ledger.rescue), and polls every known project again, as `reconcile`
 does, recording refunds that came after.
@@ -24,7 +25,7 @@ import anyio.to_thread
 
 from batcher.client.magic_hour import MagicHourClient
 from batcher.errors import ConfigError, InputError, OutputError, Problem
-from batcher.folders import MANIFEST
+from batcher.folders import MANIFEST, SENT_LOG
 from batcher.jobfile.items import ItemSettings, project_name
 from batcher.ledger import Ledger, SavedFile
 from batcher.ledger.rebuild import RebuildCounts, RebuiltItem
@@ -48,13 +49,7 @@ def refuse_lost_batch(ledger: Ledger, name: str, folder: Path) -> None:
     if ledger.get_batch(name) is not None:
         return
     manifest = folder / MANIFEST
-    try:
-        with manifest.open(encoding="utf-8") as lines:
-            listed = sum(1 for line in lines if line.strip())
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise OutputError.from_os_error(manifest, exc, action="read") from None
+    listed = sum(_count_lines(path) for path in (folder / SENT_LOG, manifest))
     if listed:
         raise ConfigError(
             f"batch {name!r} is not in ledger {ledger.target.where}, but its manifest "
@@ -65,38 +60,60 @@ def refuse_lost_batch(ledger: Ledger, name: str, folder: Path) -> None:
         )
 
 
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open(encoding="utf-8") as lines:
+            return sum(1 for line in lines if line.strip())
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise OutputError.from_os_error(path, exc, action="read") from None
+
+
 # --------------------------------------------------------------------------- the manifest
 
 
 def read_manifest(path: Path, batch: str) -> list[RebuiltItem]:
-    """The latest line per key of a manifest, as items to rebuild, in job order.
+    """The latest line per key of a manifest and of the sent log beside it (the
+    creates accepted, written before their renders end), as items to rebuild, in
+    job order; a manifest line supersedes a sent one.
 
     A line that is not JSON (cut short by a crash or a full disk) is skipped with
     a warning; a JSON line without what a rebuild needs is bad input (InputError
     naming the file, line and field), and nothing is written.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such manifest") from None
-    except OSError as exc:
-        raise OutputError.from_os_error(path, exc, action="read") from None
-    latest: dict[str, tuple[int, dict[str, Any]]] = {}
-    charges: dict[tuple[str, str], int] = {}  # (key, project id) -> the charge a line gave
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
+    texts = []
+    for source in (path.with_name(SENT_LOG), path):
         try:
-            line = json.loads(raw)
-        except ValueError:
-            log.warning("%s:%d: not a JSON line (cut short?), skipped", path, number)
-            continue
-        _check(path, number, line)
-        key, project = line["key"], line.get("project_id")
-        if project and isinstance(line.get("credits_charged"), int):
-            charges[(key, project)] = line["credits_charged"]
-        latest[key] = (number, line)
-    items = [_item(path, number, line, batch, charges) for number, line in sorted(latest.values())]
+            texts.append((source, source.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            continue  # nothing finished yet, or nothing created: the other may hold it
+        except OSError as exc:
+            raise OutputError.from_os_error(source, exc, action="read") from None
+    if not texts:
+        raise ConfigError(f"{path}: no such manifest")
+    latest: dict[str, tuple[int, Path, int, dict[str, Any]]] = {}
+    charges: dict[tuple[str, str], int] = {}  # (key, project id) -> the charge a line gave
+    order = 0
+    for source, text in texts:
+        for number, raw in enumerate(text.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                log.warning("%s:%d: not a JSON line (cut short?), skipped", source, number)
+                continue
+            _check(source, number, line)
+            key, project = line["key"], line.get("project_id")
+            if project and isinstance(line.get("credits_charged"), int):
+                charges[(key, project)] = line["credits_charged"]
+            order += 1
+            latest[key] = (order, source, number, line)
+    items = [
+        _item(source, number, line, batch, charges)
+        for _, source, number, line in sorted(latest.values(), key=lambda entry: entry[0])
+    ]
     items.sort(key=lambda item: (item.ordinal, item.line))
     return items
 

@@ -323,9 +323,7 @@ class Sender:
         self._counters.created += 1
         self._counters.credits_charged += created.credits_charged or 0
         # Paid for: a ledger lost from here on is rebuilt from this line (recover).
-        self._state.write_manifest(
-            item, "submitted", project_id=created.project_id, charged=created.credits_charged
-        )
+        self._state.write_sent(item, created.project_id, created.credits_charged)
         if not self._wait:
             self._state.settle()
             return

@@ -97,7 +97,9 @@ async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 class RunState:
     """The shared state of one run. Created by the wiring (batcher.run.batch_run)."""
 
-    def __init__(self, writer: LedgerWriter, manifest: Manifest) -> None:
+    def __init__(
+        self, writer: LedgerWriter, manifest: Manifest, sent: Manifest | None = None
+    ) -> None:
         self.counters = RunCounters()
         self.writer = writer
         self.stopped: str | None = None  # STOP_*, the first reason sending stopped
@@ -106,6 +108,7 @@ class RunState:
         self.fatal: AuthError | LedgerLostError | None = None
         self.notices = Notices()  # odd answers met, for the summary's warnings
         self._manifest = manifest
+        self._sent = sent
         self._manifest_failed = False
         self._halted = False
         self._held = 0
@@ -225,11 +228,18 @@ class RunState:
             )
         )
 
-    def write_line(self, line: ManifestLine) -> None:
-        """Append `line` to the manifest. A line that cannot be written is warned
-        about once, never fatal: the ledger holds the same facts."""
+    def write_sent(self, item: ItemRecord, project_id: str, charged: int | None) -> None:
+        """One line for an item the API accepted, in the sent log beside the
+        manifest: a ledger lost from here on is rebuilt from it (recover)."""
+        if self._sent is not None:
+            line = ManifestLine.of_item(item, "submitted", project_id=project_id, charged=charged)
+            self.write_line(line, self._sent)
+
+    def write_line(self, line: ManifestLine, to: Manifest | None = None) -> None:
+        """Append `line` to the manifest (or `to`). A line that cannot be written is
+        warned about once, never fatal: the ledger holds the same facts."""
         try:
-            self._manifest.write(line.as_json())
+            (to or self._manifest).write(line.as_json())
         except OutputError as exc:
             if not self._manifest_failed:
                 self._manifest_failed = True
@@ -241,3 +251,5 @@ class RunState:
 
     def close(self) -> None:
         self._manifest.close()
+        if self._sent is not None:
+            self._sent.close()

@@ -81,9 +81,16 @@ def test_a_ledger_deleted_mid_run_is_noticed_refused_and_recovered(
     sent = len(sandbox.journal())
     assert sent < PROMPTS, "sending stopped"
 
-    # Every item paid for has a manifest line with its project id.
+    # Every item paid for has a line with its project id: in the sent log when it
+    # was created, in the manifest when it finished.
     manifest = out / "manifest.jsonl"  # --out is the batch folder itself
-    latest = {entry["key"]: entry for entry in map(json.loads, manifest.read_text().splitlines())}
+    lines = [
+        line
+        for path in (out / ".sent.jsonl", manifest)
+        if path.exists()
+        for line in path.read_text().splitlines()
+    ]
+    latest = {entry["key"]: entry for entry in map(json.loads, lines)}
     assert {e["project_id"] for e in latest.values()} >= {e["id"] for e in sandbox.journal()}
 
     # The ledger does not know the batch now: a fresh start would pay again.
