@@ -7,6 +7,8 @@ any more (a new connection is refused at once, as from a host whose service
 is down), idle connections are closed, and a connection carrying a request
 is closed as soon as its answer has been passed on. So no answer is lost by
 the proxy itself: what the outage costs is what batcher makes of it.
+`cut(abrupt=True)` is a server restarting or stopping (the PostgreSQL ledger's
+tests): every connection is closed at once, mid-answer or not.
 `restore()` listens on the same port again.
 
 Threads and blocking sockets: the test's event loop (if any) is untouched.
@@ -70,7 +72,10 @@ class TcpProxy:
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
-    def cut(self) -> None:
+    def cut(self, *, abrupt: bool = False) -> None:
+        """Stop listening and close the connections: idle ones now, busy ones once
+        their answer has passed; `abrupt`: every one now, mid-answer or not (a
+        server restarting)."""
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -78,7 +83,7 @@ class TcpProxy:
             pairs = list(self._pairs)
         for pair in pairs:
             with pair.lock:
-                busy = pair.awaiting_answer
+                busy = pair.awaiting_answer and not abrupt
                 pair.close_after_answer = True
             if not busy:
                 pair.close()

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from db_proxy import DbProxy as TcpProxy
 from e2e_support import batcher_command, check_against_journal, cli_env, prompts, write_job
+from tcp_proxy import TcpProxy
 
 from batcher.ledger import Ledger
 
@@ -198,7 +198,7 @@ def test_a_lock_past_the_hold_saves_the_answers_and_the_next_command_applies_the
 @pytest.fixture
 def proxied_postgres(postgres_database: str) -> Iterator[tuple[str, TcpProxy]]:
     """The test database through a proxy the test cuts (a server restart, a stop)."""
-    proxy = TcpProxy(5432)
+    proxy = TcpProxy("127.0.0.1", 5432)
     try:
         yield postgres_database.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), proxy
     finally:
@@ -220,7 +220,7 @@ def test_a_postgresql_restart_is_ridden_out(
     flags = ["--ledger-hold", "30", "--concurrency", str(concurrency)]
     run = start_run(tmp_path, sandbox, db, *flags, count=count)
     wait_for_creates(sandbox, 10, run)
-    proxy.cut()
+    proxy.cut(abrupt=True)
     time.sleep(0.5)
     during = len(sandbox.journal())
     time.sleep(2.0)
@@ -250,7 +250,7 @@ def test_a_postgresql_stop_past_the_hold_saves_the_answers_in_the_current_folder
     flags = ["--ledger-hold", "1.5", "--concurrency", str(concurrency)]
     run = start_run(tmp_path, sandbox, db, *flags, count=count)
     wait_for_creates(sandbox, 10, run)
-    proxy.cut()
+    proxy.cut(abrupt=True)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 1, stderr
     no_traceback(stderr)
