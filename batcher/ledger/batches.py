@@ -12,7 +12,14 @@ from sqlalchemy import Connection, Row, Select, and_, delete, func, insert, sele
 from sqlalchemy.dialects import postgresql, sqlite
 
 from batcher.jobfile.items import ItemSettings, JobItem
-from batcher.ledger.tables import BATCHES, CREDITS, ITEMS, lock_items_where
+from batcher.ledger.tables import (
+    BATCHES,
+    CREDITS,
+    ITEMS,
+    lock_items_where,
+    of_kind,
+    settings_columns,
+)
 from batcher.ledger.transactions import Database
 from batcher.ledger.values import (
     FAILURE_DOWNLOAD,
@@ -348,11 +355,7 @@ def pending_demand(db: Database, batch_id: int, *, samples: int = 10) -> list[De
                 select(ITEMS.c.source_path, ITEMS.c.source_line, ITEMS.c.prompt)
                 .where(
                     pending,
-                    ITEMS.c.model == model,
-                    ITEMS.c.resolution.is_(None)
-                    if resolution is None
-                    else ITEMS.c.resolution == resolution,
-                    ITEMS.c.image_count == image_count,
+                    of_kind(model, resolution, image_count),
                 )
                 .order_by(ITEMS.c.ordinal)
                 .limit(samples)
@@ -483,18 +486,12 @@ def _insert_new_items(db: Database, conn: Connection, rows: list[dict[str, Any]]
 def _item_row(
     batch_id: int, item: JobItem, estimate: int, exact: bool, project_name: str, now: datetime
 ) -> dict[str, Any]:
-    s = item.settings
     return {
         "batch_id": batch_id,
         "key": item.key,
         "ordinal": item.ordinal,
         "prompt": item.prompt,
-        "model": s.model,
-        "resolution": s.resolution,
-        "aspect_ratio": s.aspect_ratio,
-        "tool": s.tool,
-        "image_count": s.image_count,
-        "name": s.name,
+        **settings_columns(item.settings),
         "project_name": project_name,
         "source_path": item.path,
         "source_line": item.line,

@@ -26,7 +26,7 @@ __all__ = [
     "var_names",
 ]
 from batcher.ledger.batches import item_record
-from batcher.ledger.tables import CREDITS, ITEMS
+from batcher.ledger.tables import CREDITS, ITEMS, of_kind
 from batcher.ledger.transactions import Database
 from batcher.ledger.values import ItemRecord
 
@@ -92,11 +92,7 @@ def batch_kinds(db: Database, batch_id: int, *, per_kind: int) -> list[KindItems
                     .where(
                         ITEMS.c.batch_id == batch_id,
                         ITEMS.c.state == "pending",
-                        ITEMS.c.model == model,
-                        ITEMS.c.resolution.is_(None)
-                        if resolution is None
-                        else ITEMS.c.resolution == resolution,
-                        ITEMS.c.image_count == image_count,
+                        of_kind(model, resolution, image_count),
                     )
                     .order_by(ITEMS.c.ordinal)
                     .limit(per_kind)

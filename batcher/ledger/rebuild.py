@@ -24,7 +24,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from batcher.errors import ConfigError
 from batcher.jobfile.items import ItemSettings
-from batcher.ledger.tables import BATCHES, CREDITS, ITEMS
+from batcher.ledger.tables import BATCHES, CREDITS, ITEMS, settings_columns
 from batcher.ledger.transactions import Database
 from batcher.ledger.values import (
     FAILURE_DOWNLOAD,
@@ -117,19 +117,13 @@ def rebuild_batch(
 
 def _row(batch_id: int, item: RebuiltItem, now: Any) -> dict[str, Any]:
     state, failure = _state(item)
-    s = item.settings
     sent = item.project_id is not None or state == "unconfirmed"
     return {
         "batch_id": batch_id,
         "key": item.key,
         "ordinal": item.ordinal,
         "prompt": item.prompt,
-        "model": s.model,
-        "resolution": s.resolution,
-        "aspect_ratio": s.aspect_ratio,
-        "tool": s.tool,
-        "image_count": s.image_count,
-        "name": s.name,
+        **settings_columns(item.settings),
         "project_name": item.project_name,
         "source_path": item.source,
         "source_line": item.line,

@@ -15,11 +15,14 @@ time: nothing to order.)
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import ColumnElement, Connection, Table, and_, bindparam, select
 
 from batcher.ledger.models import Batch, CreditEvent, Item, Worker
+
+if TYPE_CHECKING:
+    from batcher.jobfile.items import ItemSettings
 
 BATCHES = cast(Table, Batch.__table__)
 ITEMS = cast(Table, Item.__table__)
@@ -50,3 +53,25 @@ def lock_items_where(conn: Connection, *where: Any) -> list[int]:
     """Lock the item rows matching `where` in id order (PostgreSQL); their ids."""
     query = select(ITEMS.c.id).where(*where).order_by(ITEMS.c.id)
     return list(conn.scalars(query.with_for_update(key_share=True)))
+
+
+def settings_columns(settings: ItemSettings) -> dict[str, Any]:
+    """An item's settings as the `items` columns that hold them."""
+    return {
+        "model": settings.model,
+        "resolution": settings.resolution,
+        "aspect_ratio": settings.aspect_ratio,
+        "tool": settings.tool,
+        "image_count": settings.image_count,
+        "name": settings.name,
+    }
+
+
+def of_kind(model: str, resolution: str | None, image_count: int) -> ColumnElement[bool]:
+    """Items of one kind, as prices and the canary group them (a null resolution
+    is a kind of its own)."""
+    return and_(
+        ITEMS.c.model == model,
+        ITEMS.c.resolution.is_(None) if resolution is None else ITEMS.c.resolution == resolution,
+        ITEMS.c.image_count == image_count,
+    )
