@@ -196,6 +196,13 @@ DoneShare = Callable[[float], float]
 class _Tracked:
     created_at: float | None  # None: adopted, its age unknown (busy until seen done)
     done_share: DoneShare | None
+    # Counted against the cap: believed still rendering. An accepted create past
+    # the cap proves one counted render had ended; the likeliest stops counting.
+    counted: bool = True
+    # When it was last known rendering (its create, or a render-cap 429 since),
+    # and the share of renders of its kind done by its age then.
+    busy_at: float = 0.0
+    done_then: float = 0.0
 
 
 @dataclass
@@ -204,25 +211,26 @@ class _GateState:
     floor: int = 0  # the most renders seen accepted at once, all surely still busy
     sending: int = 0  # creates in flight
     successes: int = 0  # creates accepted since the cap last moved
-    refused_busy: float | None = None  # the busy estimate at the last render-cap 429
     burst_left: int = 0  # creates in flight when the cap was first set: they refine it
     renders: dict[int, _Tracked] = field(default_factory=dict)  # created, not seen done
 
 
-# A place is taken to be free when the renders probably still busy are at most
-# the cap less this much: most of a render's place expected free (0.5 sent more
-# creates into 429s for no shorter makespan, measured with bench/pacing.py).
-FREE_MARGIN = 0.8
+# A create goes when this many places are expected free where it arrives. Each
+# refused create says every counted render was still busy, so the expectation
+# restarts from there; lower sends sooner into more 429s (bench/pacing.py).
+ROOM = 0.4
+# A render still busy past every render time learned ends, as far as we can
+# tell, at this rate (once per this many seconds).
+OVERDUE_S = 0.25
+# Which counted render an accepted create past the cap proves ended, when its
+# age is unknown (adopted): about as likely as not.
+ADOPTED_DONE = 0.5
 # A render is surely still busy while this many times its age is below every
 # render time learned.
 SURE_MARGIN = 1.5
-# After a render-cap 429, the next create waits until this much more of a
-# render is expected done (or one is seen done).
-REFUSED_STEP = 0.5
-# While places are expected to free as time passes, waiting creates look again
-# this often.
-LOOK_AGAIN_S = 0.05
-BUSY_FRESH_S = 0.005  # an estimate this young is reused
+# The longest a waiting create sleeps before it looks again without news.
+LOOK_AGAIN_S = 0.5
+ROOM_PRECISION_S = 0.002
 
 
 class RenderGate:
@@ -231,13 +239,20 @@ class RenderGate:
 
     A 429 on a create is the render cap when as many renders as the cap may be
     in flight; the cap is then what is probably busy (never below `floor`,
-    the most renders seen accepted at once while all were surely busy). After
-    it, creates wait until one more render is expected done or one is seen
-    done. A 429 while fewer renders than the cap can be in flight, or with none,
-    is a rate limit: `throttled()` returns False and the caller slows the
-    request rate. Once per `cap` accepted creates one more is tried beyond
-    the cap, so a cap that was set too low (or a limit that grew) is found.
-    Renders adopted from an earlier run count as busy until seen done.
+    the most renders seen accepted at once while all were surely busy). A 429
+    while fewer renders than the cap can be in flight, or with none, is a rate
+    limit: `throttled()` returns False and the caller slows the request rate.
+
+    Places free as renders end, which is seen only by a poll; in between, the
+    gate expects them from the render times learned. A render-cap 429 says
+    every counted render was still busy then, so the expectation starts again
+    from there (each render's chance of having ended since); an accepted create
+    past the cap says one had ended. A create goes when half a place is
+    expected free where it will arrive, at the moment that is foreseen rather
+    than at the next of a fixed tick. Once per `cap` accepted creates one more
+    is tried beyond the cap, so a cap that was set too low (or a limit that
+    grew) is found. Renders adopted from an earlier run count as busy until
+    seen done.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -245,10 +260,8 @@ class RenderGate:
         self._room = anyio.Event()
         self._clock = clock
         self._tokens = 0
-        self._lead = 0.0  # seconds from sending a create to the server's look at it
+        self._lead = 0.0  # seconds a create takes there and back
         self._timer_taken = False  # a waiter looks again on a timer for the others
-        self._version = 0  # moves with every change of what `busy` sums
-        self._busy_cache: tuple[float, int, float] = (-math.inf, -1, 0.0)
 
     @property
     def cap(self) -> int | None:
@@ -260,29 +273,35 @@ class RenderGate:
         return len(self._state.renders)
 
     def set_lead(self, seconds: float) -> None:
-        """How long a create takes to reach the server: places are judged as they
-        will be when it arrives."""
+        """A create's round trip. A render's age where a create sent now arrives is
+        its age here plus that, however the trip splits between the two ways,
+        since its start was seen here one way after it happened."""
         self._lead = max(0.0, seconds)
 
-    def busy(self) -> float:
-        """Creates in flight plus the renders probably still busy at the server
-        when a create sent now arrives there."""
+    def expected_free(self, at: float | None = None) -> float:
+        """Places expected free where a create sent at `at` (now) arrives: the cap
+        less the counted renders and the creates in flight, plus each counted
+        render's chance of having ended since it was last known busy."""
         s = self._state
-        now = self._clock() + self._lead
-        cached_at, version, value = self._busy_cache
-        if version == self._version and abs(now - cached_at) < BUSY_FRESH_S:
-            return value  # many waiters woken at once ask in the same instant
-        busy = float(s.sending)
+        if s.cap is None:
+            return math.inf
+        now = (self._clock() if at is None else at) + self._lead
+        free = float(s.cap - s.sending)
         for render in s.renders.values():
-            if render.created_at is None or render.done_share is None:
-                busy += 1.0
-            else:
-                busy += 1.0 - render.done_share(now - render.created_at)
-        self._busy_cache = (now, self._version, busy)
-        return busy
+            if render.counted:
+                free -= 1.0 - self._ended(render, now)
+        return free
 
-    def _changed(self) -> None:
-        self._version += 1
+    @staticmethod
+    def _ended(render: _Tracked, now: float) -> float:
+        """The chance that a render last known busy at `busy_at` has ended by `now`."""
+        if render.created_at is None or render.done_share is None:
+            return 0.0
+        then = render.done_then
+        if then >= 1.0:  # older than every render time learned, and still busy
+            return 1.0 - math.exp(-max(0.0, now - render.busy_at) / OVERDUE_S)
+        share = render.done_share(now - render.created_at)
+        return max(0.0, (share - then) / (1.0 - then))
 
     def _surely_busy(self) -> int:
         """Renders younger than any render time learned; before render times are
@@ -303,15 +322,27 @@ class RenderGate:
         s = self._state
         if s.cap is None:
             return True
-        busy = self.busy()
-        if s.refused_busy is not None and busy > s.refused_busy - REFUSED_STEP + 1e-9:
-            return False  # refused: wait until a part of a render more is expected done
         probe = s.successes >= s.cap and s.sending == 0
-        return busy <= s.cap - FREE_MARGIN or probe
+        return probe or self.expected_free() >= ROOM
+
+    def _room_in(self) -> float | None:
+        """Seconds until half a place is expected free, if that comes within
+        LOOK_AGAIN_S as time passes alone; None if it does not."""
+        now = self._clock()
+        if self.expected_free(now + LOOK_AGAIN_S) < ROOM:
+            return None
+        low, high = 0.0, LOOK_AGAIN_S
+        while high - low > ROOM_PRECISION_S:
+            middle = (low + high) / 2
+            if self.expected_free(now + middle) >= ROOM:
+                high = middle
+            else:
+                low = middle
+        return high
 
     def _estimates_move(self) -> bool:
         return any(
-            render.done_share is not None and render.created_at is not None
+            render.counted and render.done_share is not None and render.created_at is not None
             for render in self._state.renders.values()
         )
 
@@ -319,15 +350,16 @@ class RenderGate:
         """Wait until one more create may be sent, and hold a place for it.
 
         While places free as time passes (renders probably done), one waiter
-        looks again every LOOK_AGAIN_S and the others wait for it: a hundred
-        waiting senders cost one look, not a hundred."""
+        sleeps until the moment room is foreseen and the others wait for it: a
+        hundred waiting senders cost one timer, not a hundred."""
         owner = False
         try:
             while not self._has_room():
                 room = self._room
                 if owner or (self._estimates_move() and not self._timer_taken):
                     owner = self._timer_taken = True
-                    with anyio.move_on_after(LOOK_AGAIN_S):
+                    due = self._room_in()
+                    with anyio.move_on_after(LOOK_AGAIN_S if due is None else due):
                         await room.wait()
                 else:
                     await room.wait()
@@ -336,18 +368,16 @@ class RenderGate:
                 self._timer_taken = False
                 self._wake()  # another waiter takes the timer, or the room left
         self._state.sending += 1
-        self._changed()
 
     def created(self, done_share: DoneShare | None = None) -> int:
         """A create was accepted; returns the token its `finished` gives back.
         `done_share(age)`: the share of renders of its kind done by that age."""
         s = self._state
+        now = self._clock()
         s.sending -= 1
-        self._changed()
         s.successes += 1
-        s.refused_busy = None
         self._tokens += 1
-        s.renders[self._tokens] = _Tracked(self._clock(), done_share)
+        s.renders[self._tokens] = _Tracked(now, done_share, busy_at=now)
         if s.burst_left > 0 and s.cap is not None:
             # Sent in the burst whose 429 set the cap, and accepted: the cap is at
             # least what is in flight now (that 429 may have been the rate limit).
@@ -359,14 +389,32 @@ class RenderGate:
         if s.cap is not None and surely > s.cap:
             self._cap_moved(surely, "more are surely rendering")  # it grew
             s.successes = 0
+        if s.cap is not None:
+            self._uncount_ended(now)
         return self._tokens
+
+    def _uncount_ended(self, now: float) -> None:
+        """The server took a create, so no more than the cap are rendering: the
+        counted renders likeliest to have ended stop counting."""
+        s = self._state
+        assert s.cap is not None
+        counted = [r for r in s.renders.values() if r.counted]
+        extra = len(counted) - s.cap
+        if extra <= 0:
+            return
+        at = now + self._lead
+
+        def ended(render: _Tracked) -> float:
+            return ADOPTED_DONE if render.created_at is None else self._ended(render, at)
+
+        for render in sorted(counted, key=ended, reverse=True)[:extra]:
+            render.counted = False
 
     def throttled(self) -> bool:
         """A create got 429. True when it is the render cap (the gate paces the next
         creates); False when it is a rate limit, for the caller to slow down."""
         s = self._state
         s.sending -= 1
-        self._changed()
         s.burst_left = max(0, s.burst_left - 1)
         self._wake()
         possibly = len(s.renders) + s.sending
@@ -375,12 +423,44 @@ class RenderGate:
         if s.cap is None:
             # What is probably rendering now; a known cap is never lowered from
             # estimates (an optimistic one would shrink it for nothing).
-            probably = math.floor(self.busy() - s.sending + FREE_MARGIN)
+            probably = math.floor(self._probably_busy())
             self._cap_moved(max(1, s.floor, min(len(s.renders), probably)), "429")
             s.burst_left = s.sending
         s.successes = 0
-        s.refused_busy = self.busy()
+        self._refused()
         return True
+
+    def _probably_busy(self) -> float:
+        """Renders probably still busy now, by the render times learned, plus a
+        place's worth of doubt (the cap is set from this before it is known)."""
+        now = self._clock() + self._lead
+        busy = 0.0
+        for render in self._state.renders.values():
+            if render.created_at is None or render.done_share is None:
+                busy += 1.0
+            else:
+                busy += 1.0 - render.done_share(now - render.created_at)
+        return busy + 0.8
+
+    def _refused(self) -> None:
+        """At the cap: at least `cap` less the creates in flight of the renders
+        not seen done were busy just now. They count again (the likeliest busy
+        first, if some had stopped counting), and are known busy as of now."""
+        s = self._state
+        assert s.cap is not None
+        now = self._clock()
+        counted = [r for r in s.renders.values() if r.counted]
+        missing = s.cap - s.sending - len(counted)
+        if missing > 0:
+            at = now + self._lead
+            others = [r for r in s.renders.values() if not r.counted]
+            others.sort(key=lambda r: ADOPTED_DONE if r.created_at is None else self._ended(r, at))
+            for render in others[:missing]:
+                render.counted = True
+        for render in s.renders.values():
+            if render.counted and render.created_at is not None and render.done_share:
+                render.busy_at = now
+                render.done_then = render.done_share(now - render.created_at)
 
     def _cap_moved(self, cap: int, why: str) -> None:
         log.debug(
@@ -395,7 +475,6 @@ class RenderGate:
     def not_created(self) -> None:
         """A create ended without a project (refused, lost, stopped)."""
         self._state.sending -= 1
-        self._changed()
         self._state.burst_left = max(0, self._state.burst_left - 1)
         self._wake()
 
@@ -406,11 +485,8 @@ class RenderGate:
         if token is None:
             if renders:
                 del renders[next(iter(renders))]
-                self._changed()
         else:
             renders.pop(token, None)
-            self._changed()
-        self._state.refused_busy = None
         self._wake()
 
     def adopt(self, count: int) -> list[int]:
@@ -419,7 +495,6 @@ class RenderGate:
         for _ in range(count):
             self._tokens += 1
             self._state.renders[self._tokens] = _Tracked(None, None)
-            self._changed()
             tokens.append(self._tokens)
         return tokens
 

@@ -408,9 +408,9 @@ class Sender:
         return _SETTLED
 
     def _round_trip(self, seconds: float) -> None:
-        """Creates reach the server about half a round trip after they leave."""
+        """The gate judges places as they will be when a create arrives."""
         self._rtt = seconds if self._rtt is None else 0.8 * self._rtt + 0.2 * seconds
-        self._gate.set_lead(self._rtt / 2)
+        self._gate.set_lead(self._rtt)
 
     async def _gave_up(self, item: ItemRecord, exc: ApiError | TransportError) -> None:
         """Retries ran out on a create that surely created nothing: `resume` retries it."""

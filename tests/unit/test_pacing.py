@@ -116,6 +116,68 @@ async def test_a_refused_create_waits_for_more_to_be_expected_done() -> None:
         await gate.acquire()
 
 
+def uniform(low: float, high: float) -> object:
+    """Render times spread evenly between `low` and `high` seconds."""
+    return lambda age: min(1.0, max(0.0, (age - low) / (high - low)))
+
+
+async def test_a_refusal_restarts_the_expectation_from_every_render_busy() -> None:
+    clock = Clock()
+    gate = RenderGate(clock=clock)
+    await fill(gate, 2, uniform(1.0, 3.0))
+    await gate.acquire()
+    assert gate.throttled() is True  # cap 2
+    clock.now += 2.0  # each render half likely done: a place expected free
+    assert gate.expected_free() == pytest.approx(1.0)
+    await gate.acquire()
+    assert gate.throttled() is True  # but both were still rendering
+    assert gate.expected_free() == pytest.approx(0.0)  # known busy as of now
+    clock.now += 0.5  # each had at most 1.0 s left; half of that has passed
+    assert gate.expected_free() == pytest.approx(1.0)
+
+
+async def test_an_accepted_create_past_the_cap_proves_one_render_ended() -> None:
+    clock = Clock()
+    gate = RenderGate(clock=clock)
+    await fill(gate, 2, uniform(1.0, 3.0))
+    await gate.acquire()
+    gate.throttled()  # cap 2
+    clock.now += 1.5
+    first_free = gate.expected_free()
+    await gate.acquire()
+    gate.created(uniform(1.0, 3.0))  # type: ignore[arg-type]
+    # Three not seen done, but only two can be rendering: the oldest, likeliest
+    # ended, stops counting, and the new one is surely busy.
+    assert gate.outstanding == 3
+    assert gate.expected_free() == pytest.approx(first_free / 2)
+
+
+async def test_places_are_judged_where_a_create_will_arrive() -> None:
+    clock = Clock()
+    gate = RenderGate(clock=clock)
+    await fill(gate, 2, step_at(2.0))
+    await gate.acquire()
+    gate.throttled()  # cap 2
+    clock.now += 1.8
+    assert gate.expected_free() == 0.0
+    gate.set_lead(0.3)  # a create sent now reaches renders 2.1 s old
+    assert gate.expected_free() == 2.0
+
+
+async def test_a_render_older_than_every_render_time_ends_soon_after() -> None:
+    clock = Clock()
+    gate = RenderGate(clock=clock)
+    await fill(gate, 1, step_at(2.0))
+    await gate.acquire()
+    gate.throttled()  # cap 1
+    clock.now += 2.5
+    await gate.acquire()
+    assert gate.throttled() is True  # still busy past its learned time
+    assert gate.expected_free() == 0.0
+    clock.now += 0.25  # OVERDUE_S later: most likely ended
+    assert 0.5 < gate.expected_free() < 1.0
+
+
 async def test_adopted_renders_count_as_in_flight_until_seen_done() -> None:
     gate = RenderGate()
     tokens = gate.adopt(3)
