@@ -24,8 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -144,11 +142,10 @@ def bring_to_head(db: Database) -> None:
             where=where,
         )
 
-    def upgrade(conn: Connection) -> None:
-        command.upgrade(migrate.alembic_config(conn), "head")
+    from alembic.util.exc import CommandError
 
     try:
-        db.write(upgrade)
+        db.write(migrate.upgrade_connection)
     except CommandError as exc:
         raise LedgerVersionError(
             f"cannot migrate ledger {where}: {str(exc).strip().splitlines()[0]}", where=where
