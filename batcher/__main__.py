@@ -1,3 +1,3 @@
-from batcher.cli import main
+from batcher.cli import entry_point
 
-main()
+entry_point()

