@@ -49,13 +49,14 @@ def refuse_lost_batch(ledger: Ledger, name: str, folder: Path) -> None:
     if ledger.get_batch(name) is not None:
         return
     manifest = folder / MANIFEST
-    listed = sum(_count_lines(path) for path in (folder / SENT_LOG, manifest))
-    if listed:
+    sent, finished = _count_lines(folder / SENT_LOG), _count_lines(manifest)
+    if sent or finished:
         raise ConfigError(
-            f"batch {name!r} is not in ledger {ledger.target.where}, but its manifest "
-            f"{manifest} has {listed} lines: the ledger was lost (deleted, emptied or "
-            "another --db), and starting afresh would pay for those items again; rebuild "
-            f"it first with `batcher recover {name} --from-manifest {manifest}`, or move "
+            f"batch {name!r} is not in ledger {ledger.target.where}, but its output folder "
+            f"{folder} records {sent} creates sent and {finished} items finished: the "
+            "ledger was lost (deleted, emptied or another --db), and starting afresh "
+            "would pay for those items again; rebuild it first with "
+            f"`batcher recover {name} --from-manifest {manifest}`, or move "
             "that folder away to start the batch anew"
         )
 
