@@ -47,11 +47,12 @@ class WebhookInbox:
         self._worker_id = worker_id
         self._seen: set[str] = set()  # event keys handed on (or found stored) this run
         self._last_id: int | None = None
+        self._taken: list[Arrival] = []  # taken from the receiver, not all stored yet
 
     async def take(self, arrivals: MemoryObjectReceiveStream[Arrival]) -> None:
         """Store and hand on what the receiver took, in order, after its answers."""
         async for first in arrivals:
-            batch = [first]
+            batch = self._taken = [first]
             while True:  # what came meanwhile goes in the same pass
                 try:
                     batch.append(arrivals.receive_nowait())
@@ -60,13 +61,17 @@ class WebhookInbox:
             refused = sum(1 for arrival in batch if isinstance(arrival, Refused))
             if refused:
                 await self._count_refused(refused)
-            for arrival in batch:
+                batch[:] = [arrival for arrival in batch if isinstance(arrival, Event)]
+            while batch:
+                arrival = batch[0]
                 if isinstance(arrival, Event):
                     await self._store(arrival)
+                del batch[0]  # stored: if the run ends meanwhile, drain() stores the rest
 
     async def drain(self, arrivals: MemoryObjectReceiveStream[Arrival]) -> None:
-        """Store what is left once the run is over; nothing is handed on."""
-        left: list[Arrival] = []
+        """Store what is left once the run is over (taken but not stored yet, or
+        not taken); nothing is handed on."""
+        left, self._taken = self._taken, []
         while True:
             try:
                 left.append(arrivals.receive_nowait())
