@@ -10,6 +10,8 @@ Scenarios (``--only s3,night`` picks some):
 - ``s3``: renders of 2 s +- 20 %, a render cap of 16 (``--max-in-flight``), no
   latency, no rate limit. Targets: makespan <= 1.05 x ideal, <= 2 polls per
   project.
+- ``fixed``: S3 with every render exactly 2 s (as an independent fake API may
+  render), the same targets.
 - ``night``: a realistic night: 300 ms latency on every request, renders of
   5 s +- 50 %, a render cap of 12 and a rate limit of 20 requests/s together.
 - ``hooks``: the same night with the webhook receiver on
@@ -78,6 +80,7 @@ class Scenario:
 
 SCENARIOS = {
     "s3": Scenario("s3", 500, 2.0, 0.2, 16),
+    "fixed": Scenario("fixed", 500, 2.0, 0.0, 16),
     "night": Scenario("night", 600, 5.0, 0.5, 12, latency_s=0.3, rate_limit=20.0),
     "hooks": Scenario("hooks", 600, 5.0, 0.5, 12, latency_s=0.3, rate_limit=20.0, webhooks=True),
 }
@@ -201,7 +204,7 @@ def run(scenario: Scenario, tmp: Path) -> Result:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="s3,night,hooks")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="s3,fixed,night,hooks")
     parser.add_argument("--prompts", type=int, help="scale every scenario to this many prompts")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

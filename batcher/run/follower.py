@@ -101,11 +101,22 @@ NOT_FOUND = 404
 # Events for projects not followed (foreign ones, or early ones whose create is
 # still being recorded): the latest this many are kept.
 EARLY_EVENTS_KEPT = 10_000
+# When nothing is left to create and this many renders or fewer are left, the
+# run ends when the last is seen done: they are looked at more often.
+CLOSING_RENDERS = 3
 # A look not sampled comes up to this share of its delay later, at random.
 POLL_SPREAD = 0.05
 # A look held back by throttle pauses longer than this (or a tenth of the
 # render's age) teaches nothing about render times.
 PAUSE_TOLERANCE_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A create's render as the gate took it on: its token and when (monotonic)."""
+
+    token: int
+    at: float
 
 
 @dataclass(slots=True)
@@ -130,6 +141,8 @@ class _Render:
     kind: tuple[str, str | None] = ("", None)  # model and resolution: its render times
     sampled: bool = True  # looked at several times, to learn render times from
     plan_seq: int = 0  # its latest place in the schedule; older places are void
+    due: float = math.inf  # when that place comes up (monotonic)
+    polling: bool = False  # handed to a poller, not back in the schedule yet
 
 
 class Follower:
@@ -205,8 +218,24 @@ class Follower:
 
     # ------------------------------------------------------------------ taking renders on
 
-    def follow(self, item: ItemRecord, project_id: str, charged: int | None) -> None:
-        """A create of this run was accepted: follow its render."""
+    def accepted(self, item: ItemRecord) -> Accepted:
+        """A create of this run was just accepted: its render takes a place at the
+        gate now, before the answer is recorded (which may take a while)."""
+        kind = _kind(item)
+        token = self._gate.created(lambda age: self.planners.of(kind).done_share(age))
+        return Accepted(token, time.monotonic())
+
+    def follow(
+        self,
+        item: ItemRecord,
+        project_id: str,
+        charged: int | None,
+        accepted: Accepted | None = None,
+    ) -> None:
+        """A create of this run was accepted (`accepted()`, or now) and recorded:
+        follow its render."""
+        if accepted is None:
+            accepted = self.accepted(item)
         self._counters.rendering += 1
         submitted = dataclasses.replace(
             item, state="submitted", project_id=project_id, attempts=item.attempts + 1
@@ -216,8 +245,8 @@ class Follower:
             submitted,
             project_id,
             charged,
-            time.monotonic(),
-            token=self._gate.created(lambda age: self.planners.of(kind).done_share(age)),
+            accepted.at,
+            token=accepted.token,
             kind=kind,
             sampled=self.planners.sample_next(kind),
         )
@@ -304,11 +333,13 @@ class Follower:
             return False
         render.ended = True
         self._followed.pop(render.project_id, None)
+        self._close_in()
         return True
 
     # ------------------------------------------------------------------ the schedule
 
     def _plan(self, render: _Render) -> None:
+        render.polling = False
         age = time.monotonic() - render.created_at
         planner = self.planners.of(render.kind)
         if self._listening:
@@ -319,7 +350,32 @@ class Follower:
             # Renders created together are not all looked at in the same instant.
             delay = planner.sparse_delay(age, render.polls)
             delay += self._rng.uniform(0.0, POLL_SPREAD * delay)
+        if self._closing():
+            delay = min(delay, planner.closing_delay(age))
         self._schedule_at(time.monotonic() + delay, render)
+
+    def _closing(self) -> bool:
+        """The run waits only on its last few renders: nothing is left to create,
+        so the first of them seen done is when the run ends (and polls, not
+        webhooks, say so)."""
+        return (
+            not self._listening
+            and len(self._followed) <= CLOSING_RENDERS
+            and self._state.feeding_over
+            and self._gate.quiet
+        )
+
+    def _close_in(self) -> None:
+        """Look at the last renders at the closing pace from now on."""
+        if not self._closing():
+            return
+        now = time.monotonic()
+        for render in list(self._followed.values()):
+            if render.ended or render.polling or not render.age_known:
+                continue
+            due = now + self.planners.of(render.kind).closing_delay(now - render.created_at)
+            if due < render.due:
+                self._schedule_at(due, render)
 
     def _schedule_at(self, due: float, render: _Render) -> None:
         if self._cannot_write is not None:
@@ -327,6 +383,7 @@ class Follower:
             return
         self._seq += 1
         render.plan_seq = self._seq
+        render.due = due
         heapq.heappush(self._schedule, (due, self._seq, render))
         if self._schedule[0][1] == self._seq:
             self._schedule_changed.set()
@@ -343,6 +400,7 @@ class Follower:
             while self._schedule and self._schedule[0][0] <= now:
                 _, seq, render = heapq.heappop(self._schedule)
                 if not render.ended and seq == render.plan_seq:
+                    render.polling = True
                     self._poll_now(render)
             timeout = self._schedule[0][0] - now if self._schedule else math.inf
             with anyio.move_on_after(timeout):

@@ -46,6 +46,9 @@ QUANTILES = (0.25, 0.5, 0.75, 0.95)
 # so that what is learned is not skewed by looking late.
 SPARSE_QUANTILE = 0.9
 SAMPLE_EVERY = 6
+# The last renders of a run are looked at this many times across the spread of
+# render times, at most: the last one seen done ends the run.
+CLOSING_LOOKS = 20
 # With the webhook receiver on, polls only catch an event that was lost: the
 # first a minute after the create, then at gaps growing by half each time.
 FALLBACK_FIRST_S = 60.0
@@ -142,6 +145,19 @@ class PollPlanner:
         late = max(0, polls - 1)
         return min(MAX_STEP_S, late_step * BACKOFF**late)
 
+    def closing_delay(self, age: float) -> float:
+        """Seconds until the next look at one of a run's last renders: from the
+        median render time on, every twentieth of the spread of render times
+        (without enough samples, the sampling schedule's early steps)."""
+        if len(self._samples) < MIN_SAMPLES:
+            return EARLY_STEP_S if age >= FIRST_POLL_S else FIRST_POLL_S - age
+        ordered = self._ordered()
+        median = _quantile(ordered, 0.5)
+        if age < median:
+            return median - age
+        spread = _quantile(ordered, 0.95) - _quantile(ordered, 0.05)
+        return max(MIN_STEP_S, spread / CLOSING_LOOKS)
+
     def next_delay(self, age: float, polls: int) -> float:
         """Seconds from now until the next poll of a render created `age` s ago."""
         schedule = self._poll_ages()
@@ -210,6 +226,10 @@ class _GateState:
     cap: int | None = None
     floor: int = 0  # the most renders seen accepted at once, all surely still busy
     sending: int = 0  # creates in flight
+    # The places those creates are expected to take: each its chance of being
+    # accepted (the places expected free when it went, at most one), so that
+    # one probe on a slow link does not hold back the next for a round trip.
+    sending_places: float = 0.0
     successes: int = 0  # creates accepted since the cap last moved
     burst_left: int = 0  # creates in flight when the cap was first set: they refine it
     renders: dict[int, _Tracked] = field(default_factory=dict)  # created, not seen done
@@ -262,6 +282,7 @@ class RenderGate:
         self._tokens = 0
         self._lead = 0.0  # seconds a create takes there and back
         self._timer_taken = False  # a waiter looks again on a timer for the others
+        self._waiting = 0  # creates waiting in acquire()
 
     @property
     def cap(self) -> int | None:
@@ -272,6 +293,11 @@ class RenderGate:
         """Renders created and not yet seen done."""
         return len(self._state.renders)
 
+    @property
+    def quiet(self) -> bool:
+        """No create is waiting here or on its way."""
+        return self._state.sending == 0 and self._waiting == 0
+
     def set_lead(self, seconds: float) -> None:
         """A create's round trip. A render's age where a create sent now arrives is
         its age here plus that, however the trip splits between the two ways,
@@ -280,13 +306,14 @@ class RenderGate:
 
     def expected_free(self, at: float | None = None) -> float:
         """Places expected free where a create sent at `at` (now) arrives: the cap
-        less the counted renders and the creates in flight, plus each counted
-        render's chance of having ended since it was last known busy."""
+        less the counted renders and the places the creates in flight are
+        expected to take, plus each counted render's chance of having ended
+        since it was last known busy."""
         s = self._state
         if s.cap is None:
             return math.inf
         now = (self._clock() if at is None else at) + self._lead
-        free = float(s.cap - s.sending)
+        free = s.cap - s.sending_places
         for render in s.renders.values():
             if render.counted:
                 free -= 1.0 - self._ended(render, now)
@@ -303,9 +330,10 @@ class RenderGate:
         share = render.done_share(now - render.created_at)
         return max(0.0, (share - then) / (1.0 - then))
 
-    def _surely_busy(self) -> int:
+    def _surely_busy(self, *, learned: bool = False) -> int:
         """Renders younger than any render time learned; before render times are
-        known, every render created here and not seen done."""
+        known, every render created here and not seen done, unless `learned`
+        (then only what the render times learned make sure)."""
         now = self._clock()
         surely = 0
         for render in self._state.renders.values():
@@ -313,8 +341,10 @@ class RenderGate:
                 continue  # adopted: who knows
             share = render.done_share
             age = now - render.created_at
-            # With a margin: learned times are midpoints of the looks around each end.
-            if share is None or share(math.inf) < 1.0 or share(age * SURE_MARGIN) == 0.0:
+            if share is None or share(math.inf) < 1.0:
+                surely += not learned
+            elif share(age * SURE_MARGIN) == 0.0:
+                # With a margin: learned times are midpoints of the looks around each end.
                 surely += 1
         return surely
 
@@ -353,6 +383,7 @@ class RenderGate:
         sleeps until the moment room is foreseen and the others wait for it: a
         hundred waiting senders cost one timer, not a hundred."""
         owner = False
+        self._waiting += 1
         try:
             while not self._has_room():
                 room = self._room
@@ -364,17 +395,26 @@ class RenderGate:
                 else:
                     await room.wait()
         finally:
+            self._waiting -= 1
             if owner:
                 self._timer_taken = False
                 self._wake()  # another waiter takes the timer, or the room left
-        self._state.sending += 1
+        s = self._state
+        s.sending_places += 1.0 if s.cap is None else min(1.0, max(0.0, self.expected_free()))
+        s.sending += 1
+
+    def _answered(self) -> None:
+        """A create in flight came back: it no longer holds a share of a place."""
+        s = self._state
+        s.sending_places = 0.0 if s.sending <= 1 else s.sending_places * (s.sending - 1) / s.sending
+        s.sending -= 1
 
     def created(self, done_share: DoneShare | None = None) -> int:
         """A create was accepted; returns the token its `finished` gives back.
         `done_share(age)`: the share of renders of its kind done by that age."""
         s = self._state
         now = self._clock()
-        s.sending -= 1
+        self._answered()
         s.successes += 1
         self._tokens += 1
         s.renders[self._tokens] = _Tracked(now, done_share, busy_at=now)
@@ -384,8 +424,10 @@ class RenderGate:
             s.burst_left -= 1
             if len(s.renders) > s.cap:
                 self._cap_moved(len(s.renders), "accepted in the burst that set it")
-        surely = self._surely_busy()
-        s.floor = max(s.floor, surely)
+        s.floor = max(s.floor, self._surely_busy())
+        # A cap grows only on what render times make sure of: before they are
+        # known, a render not seen done may have ended unseen.
+        surely = self._surely_busy(learned=True)
         if s.cap is not None and surely > s.cap:
             self._cap_moved(surely, "more are surely rendering")  # it grew
             s.successes = 0
@@ -414,7 +456,7 @@ class RenderGate:
         """A create got 429. True when it is the render cap (the gate paces the next
         creates); False when it is a rate limit, for the caller to slow down."""
         s = self._state
-        s.sending -= 1
+        self._answered()
         s.burst_left = max(0, s.burst_left - 1)
         self._wake()
         possibly = len(s.renders) + s.sending
@@ -474,7 +516,7 @@ class RenderGate:
 
     def not_created(self) -> None:
         """A create ended without a project (refused, lost, stopped)."""
-        self._state.sending -= 1
+        self._answered()
         self._state.burst_left = max(0, self._state.burst_left - 1)
         self._wake()
 

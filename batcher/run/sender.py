@@ -295,6 +295,8 @@ class Sender:
     # ------------------------------------------------------------------ outcomes
 
     async def _created(self, item: ItemRecord, created: CreatedProject, reserve: int) -> None:
+        # The render holds its place from the answer on, not from its record.
+        accepted = self._follower.accepted(item) if self._wait else None
         self._outage.reachable()
         self._breaker.cleared()
         self._limiter.on_success()
@@ -327,7 +329,7 @@ class Sender:
         if not self._wait:
             self._state.settle()
             return
-        self._follower.follow(item, created.project_id, created.credits_charged)
+        self._follower.follow(item, created.project_id, created.credits_charged, accepted)
 
     async def _create_failed(
         self, item: ItemRecord, exc: ApiError | TransportError, reserve: int, ticket: int

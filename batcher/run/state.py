@@ -173,6 +173,11 @@ class RunState:
         self._held -= count
         self._check_done()
 
+    @property
+    def feeding_over(self) -> bool:
+        """The feeder hands out nothing more."""
+        return not self._feeding
+
     def feeding_done(self) -> None:
         """The feeder will hand out nothing more."""
         self._feeding = False

@@ -164,6 +164,24 @@ async def test_places_are_judged_where_a_create_will_arrive() -> None:
     assert gate.expected_free() == 2.0
 
 
+async def test_a_create_in_flight_holds_only_its_chance_of_a_place() -> None:
+    clock = Clock()
+    gate = RenderGate(clock=clock)
+    await fill(gate, 2, uniform(1.0, 3.0))
+    await gate.acquire()
+    gate.throttled()  # cap 2
+    clock.now += 1.5  # a quarter of each render likely done: half a place
+    await gate.acquire()  # a probe, still on its way
+    assert gate.expected_free() == pytest.approx(0.0)  # it holds the half it hoped for
+    clock.now += 0.5  # another half a place expected: a second probe may go
+    assert gate.expected_free() == pytest.approx(0.5)
+    with anyio.fail_after(1):
+        await gate.acquire()
+    gate.throttled()  # the first came back refused: its share is given back
+    gate.not_created()
+    assert gate.expected_free() == pytest.approx(0.0)  # known busy as of now
+
+
 async def test_a_render_older_than_every_render_time_ends_soon_after() -> None:
     clock = Clock()
     gate = RenderGate(clock=clock)
@@ -209,6 +227,17 @@ async def test_the_cap_grows_when_more_are_surely_rendering() -> None:
 
 
 # --------------------------------------------------------------------------- planners
+
+
+def test_the_last_renders_are_looked_at_across_the_spread_of_render_times() -> None:
+    planner = PollPlanner()
+    assert planner.closing_delay(0.2) == pytest.approx(0.8)  # nothing learned: the first look
+    for seconds in (4.0, 4.5, 5.0, 5.5, 6.0):
+        planner.observe(seconds, seconds)
+    assert planner.closing_delay(0.5) == pytest.approx(4.5)  # not before the median
+    step = planner.closing_delay(5.1)
+    assert step == pytest.approx((5.9 - 4.1) / 20)  # a twentieth of the spread
+    assert planner.closing_delay(30.0) == step  # and no backing off
 
 
 def test_done_share_follows_the_render_times_learned() -> None:

@@ -83,21 +83,39 @@ async def test_gate_does_not_explain_a_429_with_nothing_rendering() -> None:
 
 
 async def test_gate_probes_beyond_the_cap_once_per_generation() -> None:
+    def long(age: float) -> float:  # render times learned: every render takes 10 s
+        return 1.0 if age >= 10.0 else 0.0
+
     gate = RenderGate()
     await gate.acquire()
-    gate.created()
+    gate.created(long)
     await gate.acquire()
     gate.throttled()
     assert gate.cap == 1
     # One render finishes and the next create is accepted: that is one generation.
     gate.finished()
     await gate.acquire()
-    gate.created()
+    gate.created(long)
     # Now at the cap with a full generation of successes: one probe is allowed.
     with anyio.fail_after(1):
         await gate.acquire()
+    gate.created(long)
+    assert gate.cap == 2  # two young renders at once, surely both rendering
+
+
+async def test_a_probe_accepted_before_render_times_are_known_does_not_grow_the_cap() -> None:
+    gate = RenderGate()
+    await gate.acquire()
     gate.created()
-    assert gate.cap == 2
+    await gate.acquire()
+    gate.throttled()
+    gate.finished()
+    await gate.acquire()
+    gate.created()
+    with anyio.fail_after(1):
+        await gate.acquire()
+    gate.created()  # the render not seen done may have ended unseen
+    assert gate.cap == 1
 
 
 def test_a_render_done_at_its_first_look_does_not_drag_the_estimate_down() -> None:
