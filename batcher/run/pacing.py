@@ -7,9 +7,10 @@ publishes neither its render times nor its limits.
   of each kind are sampled (looked at several times around the likely end),
   which keeps the learned distribution honest; the others are looked at once,
   when a render is very likely done. `Planners` keeps one per kind.
-- RenderGate: the account's cap on renders in flight. Renders whose learned
-  render time has passed count as probably done, so a create goes as soon as a
-  place is likely free instead of waiting for a poll to see it; a 429 then
+- RenderGate: the account's cap on renders in flight. Renders end unseen
+  between polls, so the gate expects them to from the learned render times,
+  starting again from "all busy" at each render-cap 429, and lets a create go
+  at the moment it foresees room where the create will arrive; a 429 then
   only says "not yet". A 429 while fewer renders are in flight than the cap
   is a rate limit, not the cap (the caller slows the request rate instead).
 """
