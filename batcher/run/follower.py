@@ -222,7 +222,10 @@ class Follower:
         """A create of this run was just accepted: its render takes a place at the
         gate now, before the answer is recorded (which may take a while)."""
         kind = _kind(item)
-        token = self._gate.created(lambda age: self.planners.of(kind).done_share(age))
+        token = self._gate.created(
+            lambda age: self.planners.of(kind).done_share(age),
+            lambda: self.planners.of(kind).busy_floor(),
+        )
         return Accepted(token, time.monotonic())
 
     def follow(

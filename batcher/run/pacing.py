@@ -76,6 +76,9 @@ class PollPlanner:
 
     def __init__(self) -> None:
         self._samples: deque[float] = deque(maxlen=SAMPLES)
+        # Ages at which renders were seen still pending, for those later seen done:
+        # true lower bounds on their render times (midpoints are only estimates).
+        self._pending_ages: deque[float] = deque(maxlen=SAMPLES)
         self._schedule: tuple[float, ...] | None = None
         self._sorted: list[float] | None = None
         self._spread = EARLY_STEP_S
@@ -88,6 +91,8 @@ class PollPlanner:
     def observe(self, not_after: float, not_before: float | None) -> None:
         """A render finished after `not_before` s (None: it was done at its first
         look) and by `not_after` s from its create."""
+        if not_before is not None and not_before < not_after:
+            self._pending_ages.append(not_before)
         if not_before is None:
             # No earlier look: assume it finished within one step before this one,
             # not at any time since its create, which would drag every estimate down.
@@ -114,6 +119,15 @@ class PollPlanner:
                 self._spread = max(MIN_STEP_S, (ages[-1] - ages[0]) / 2)
                 self._schedule = tuple(sorted(set(ages)))
         return self._schedule
+
+    def busy_floor(self) -> float | None:
+        """An age below which a render of this kind is surely still busy: the
+        youngest age at which a render later seen done was still pending, once
+        enough such looks are known (renders all done at their first look say
+        only how long they took at most)."""
+        if len(self._pending_ages) < MIN_SAMPLES:
+            return None
+        return min(self._pending_ages)
 
     def done_share(self, age: float) -> float:
         """The share of renders done by `age` s after their create, from the render
@@ -207,12 +221,14 @@ class Planners:
 
 
 DoneShare = Callable[[float], float]
+BusyFloor = Callable[[], float | None]
 
 
 @dataclass(slots=True)
 class _Tracked:
     created_at: float | None  # None: adopted, its age unknown (busy until seen done)
     done_share: DoneShare | None
+    busy_floor: BusyFloor | None = None
     # Counted against the cap: believed still rendering. An accepted create past
     # the cap proves one counted render had ended; the likeliest stops counting.
     counted: bool = True
@@ -331,10 +347,9 @@ class RenderGate:
         share = render.done_share(now - render.created_at)
         return max(0.0, (share - then) / (1.0 - then))
 
-    def _surely_busy(self, *, learned: bool = False) -> int:
+    def _surely_busy(self) -> int:
         """Renders younger than any render time learned; before render times are
-        known, every render created here and not seen done, unless `learned`
-        (then only what the render times learned make sure)."""
+        known, every render created here and not seen done."""
         now = self._clock()
         surely = 0
         for render in self._state.renders.values():
@@ -342,12 +357,25 @@ class RenderGate:
                 continue  # adopted: who knows
             share = render.done_share
             age = now - render.created_at
-            if share is None or share(math.inf) < 1.0:
-                surely += not learned
-            elif share(age * SURE_MARGIN) == 0.0:
-                # With a margin: learned times are midpoints of the looks around each end.
+            # With a margin: learned times are midpoints of the looks around each end.
+            if share is None or share(math.inf) < 1.0 or share(age * SURE_MARGIN) == 0.0:
                 surely += 1
         return surely
+
+    def _proven_busy(self) -> int:
+        """Renders younger than the youngest age at which a render of their kind
+        was seen still pending: what a cap may grow on. Learned render times
+        are not enough: renders done at their first look teach only an upper
+        bound, which for renders shorter than the first look is far too long."""
+        now = self._clock()
+        proven = 0
+        for render in self._state.renders.values():
+            if render.created_at is None or render.busy_floor is None:
+                continue
+            floor = render.busy_floor()
+            if floor is not None and (now - render.created_at) * SURE_MARGIN < floor:
+                proven += 1
+        return proven
 
     def _has_room(self) -> bool:
         s = self._state
@@ -410,15 +438,19 @@ class RenderGate:
         s.sending_places = 0.0 if s.sending <= 1 else s.sending_places * (s.sending - 1) / s.sending
         s.sending -= 1
 
-    def created(self, done_share: DoneShare | None = None) -> int:
+    def created(
+        self, done_share: DoneShare | None = None, busy_floor: BusyFloor | None = None
+    ) -> int:
         """A create was accepted; returns the token its `finished` gives back.
-        `done_share(age)`: the share of renders of its kind done by that age."""
+        `done_share(age)`: the share of renders of its kind done by that age;
+        `busy_floor()`: an age below which they are surely still busy (None:
+        not known)."""
         s = self._state
         now = self._clock()
         self._answered()
         s.successes += 1
         self._tokens += 1
-        s.renders[self._tokens] = _Tracked(now, done_share, busy_at=now)
+        s.renders[self._tokens] = _Tracked(now, done_share, busy_floor, busy_at=now)
         if s.burst_left > 0 and s.cap is not None:
             # Sent in the burst whose 429 set the cap, and accepted: the cap is at
             # least what is in flight now (that 429 may have been the rate limit).
@@ -426,9 +458,9 @@ class RenderGate:
             if len(s.renders) > s.cap:
                 self._cap_moved(len(s.renders), "accepted in the burst that set it")
         s.floor = max(s.floor, self._surely_busy())
-        # A cap grows only on what render times make sure of: before they are
-        # known, a render not seen done may have ended unseen.
-        surely = self._surely_busy(learned=True)
+        # A cap grows only on renders proven busy: one not seen done may have
+        # ended unseen.
+        surely = self._proven_busy()
         if s.cap is not None and surely > s.cap:
             self._cap_moved(surely, "more are surely rendering")  # it grew
             s.successes = 0

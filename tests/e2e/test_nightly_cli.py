@@ -292,7 +292,9 @@ def test_account_without_a_key_does_not_suggest_sandbox(tmp_path: Path) -> None:
 def test_items_json_gives_the_reason_for_refused_and_failed_items(
     cli: Callable[..., Cli],
 ) -> None:
-    job = cli(count=4, credits=12, render_error_rate=1.0)
+    # Renders long enough that no refund comes back before all four creates are
+    # answered: two are paid for, two refused (402), and the two paid fail.
+    job = cli(count=4, credits=12, render_error_rate=1.0, render_seconds=1.0)
     done = job.run("--render-retries", "0", "--no-preflight", "--concurrency", "4")
     assert done.returncode == 1
     shown = job("items", job.name, "--json", "--db", job.db)

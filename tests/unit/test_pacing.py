@@ -49,12 +49,19 @@ def step_at(seconds: float) -> object:
     return lambda age: 1.0 if age >= seconds else 0.0
 
 
-async def fill(gate: RenderGate, count: int, done_share: object = None) -> list[int]:
+async def fill(
+    gate: RenderGate, count: int, done_share: object = None, busy_floor: object = None
+) -> list[int]:
     tokens = []
     for _ in range(count):
         await gate.acquire()
-        tokens.append(gate.created(done_share))  # type: ignore[arg-type]
+        tokens.append(gate.created(done_share, busy_floor))  # type: ignore[arg-type]
     return tokens
+
+
+def seen_pending_until(seconds: float) -> object:
+    """Renders of a kind seen still pending as late as `seconds` after their create."""
+    return lambda: seconds
 
 
 # --------------------------------------------------------------------------- the gate
@@ -213,17 +220,33 @@ async def test_adopted_renders_count_as_in_flight_until_seen_done() -> None:
 async def test_the_cap_grows_when_more_are_surely_rendering() -> None:
     clock = Clock()
     gate = RenderGate(clock=clock)
-    await fill(gate, 2, step_at(10.0))
+    await fill(gate, 2, step_at(10.0), seen_pending_until(9.0))
     await gate.acquire()
     gate.throttled()
     assert gate.cap == 2
     for _ in range(2):  # a generation of successes: one seen done, one more sent
         gate.finished()
-        await fill(gate, 1, step_at(10.0))
+        await fill(gate, 1, step_at(10.0), seen_pending_until(9.0))
     with anyio.fail_after(1):  # then one probe beyond the cap
         await gate.acquire()
-    gate.created(step_at(10.0))  # type: ignore[arg-type]
+    gate.created(step_at(10.0), seen_pending_until(9.0))  # type: ignore[arg-type]
     assert gate.cap == 3  # three young renders at once: the cap is at least that
+
+
+async def test_the_cap_does_not_grow_on_render_times_never_seen_from_below() -> None:
+    clock = Clock()
+    gate = RenderGate(clock=clock)
+    # Every render done at its first look (10 s): that says only "at most 10 s".
+    await fill(gate, 2, step_at(10.0), seen_pending_until(None))  # type: ignore[arg-type]
+    await gate.acquire()
+    gate.throttled()
+    for _ in range(2):
+        gate.finished()
+        await fill(gate, 1, step_at(10.0), seen_pending_until(None))  # type: ignore[arg-type]
+    with anyio.fail_after(1):
+        await gate.acquire()
+    gate.created(step_at(10.0), seen_pending_until(None))  # type: ignore[arg-type]
+    assert gate.cap == 2  # the probe's place may have been freed by a render ended unseen
 
 
 # --------------------------------------------------------------------------- planners
@@ -349,3 +372,13 @@ async def test_a_rate_limit_slows_the_request_rate_then_it_grows_back() -> None:
 
 async def _answer() -> str:
     return "ok"
+
+
+def test_the_busy_floor_is_the_youngest_age_seen_pending() -> None:
+    planner = PollPlanner()
+    for _ in range(MIN_SAMPLES):
+        planner.observe(1.0, None)  # done at the first look: no lower bound
+    assert planner.busy_floor() is None
+    for pending in (0.6, 0.5, 0.7, 0.8):
+        planner.observe(1.0, pending)
+    assert planner.busy_floor() == 0.5

@@ -86,20 +86,23 @@ async def test_gate_probes_beyond_the_cap_once_per_generation() -> None:
     def long(age: float) -> float:  # render times learned: every render takes 10 s
         return 1.0 if age >= 10.0 else 0.0
 
+    def floor() -> float:  # and renders were seen still pending at 9 s
+        return 9.0
+
     gate = RenderGate()
     await gate.acquire()
-    gate.created(long)
+    gate.created(long, floor)
     await gate.acquire()
     gate.throttled()
     assert gate.cap == 1
     # One render finishes and the next create is accepted: that is one generation.
     gate.finished()
     await gate.acquire()
-    gate.created(long)
+    gate.created(long, floor)
     # Now at the cap with a full generation of successes: one probe is allowed.
     with anyio.fail_after(1):
         await gate.acquire()
-    gate.created(long)
+    gate.created(long, floor)
     assert gate.cap == 2  # two young renders at once, surely both rendering
 
 
