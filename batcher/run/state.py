@@ -114,7 +114,9 @@ class RunState:
         self._held = 0
         self._feeding = True
         self._done = anyio.Event()
-        self._settled = anyio.Event()
+        # Made when someone waits (or a halt sets it): a settle with nobody
+        # waiting, the common case, costs no event. None: a fresh, unset one.
+        self._settled: anyio.Event | None = None
 
     # ------------------------------------------------------------------ stopping
 
@@ -128,7 +130,7 @@ class RunState:
             self.stopped, self.stop_detail = reason, detail
             log.warning("sending stopped (%s)", reason, extra={"reason": reason, "detail": detail})
         self._halted = True
-        self._settled.set()  # a sender waiting for budget: stop waiting
+        self._settled_event().set()  # a sender waiting for budget: stop waiting
 
     def interrupt(self) -> None:
         """Stop now: the wiring cancels the parts (creates on the wire are recorded)."""
@@ -195,11 +197,17 @@ class RunState:
 
     def notify_settled(self) -> None:
         """A reservation or a render was settled: budget may have been freed."""
-        self._settled.set()
-        self._settled = anyio.Event()
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
     async def wait_settled(self) -> None:
-        await self._settled.wait()
+        await self._settled_event().wait()
+
+    def _settled_event(self) -> anyio.Event:
+        if self._settled is None:
+            self._settled = anyio.Event()
+        return self._settled
 
     # ------------------------------------------------------------------ manifest
 
