@@ -185,7 +185,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                         network_backend=self._backend,
                     )
                 try:
-                    response = await connection.handle_async_request(core_request)
+                    response = await _established(connection).handle_async_request(core_request)
                 except httpcore.ConnectionNotAvailable:
                     # The connection closed between our check and its use, before
                     # anything was written: take another.
@@ -276,6 +276,19 @@ class PooledTransport(httpx.AsyncBaseTransport):
         for stack in stacks:
             for _, connection in stack:
                 await _close_quietly(connection)
+
+
+def _established(
+    connection: httpcore.AsyncHTTPConnection,
+) -> httpcore.AsyncHTTPConnection | httpcore.AsyncHTTP11Connection:
+    """Where a request on `connection` goes: once connected, straight to its
+    HTTP/1.1 connection. The wrapper would only take its connect lock again
+    (one more trip through the event loop per request) and hand the request on;
+    the pool already gives a connection to one request at a time. Before the
+    first request (or with an httpcore whose insides differ), the wrapper: it
+    connects."""
+    inner = getattr(connection, "_connection", None)
+    return inner if type(inner) is httpcore.AsyncHTTP11Connection else connection
 
 
 async def _close_quietly(connection: httpcore.AsyncHTTPConnection) -> None:
