@@ -10,7 +10,10 @@ added (encode/httpx#3215). See batcher.client.magic_hour for the figures.
 from __future__ import annotations
 
 import contextlib
+import select
+import socket
 import ssl
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -286,11 +289,12 @@ class _Stream(httpcore.AsyncNetworkStream):
     timeouts as ReadTimeout, a broken or closed stream as ReadError...); all
     else (TLS, socket details, closing) is the base stream's."""
 
-    __slots__ = ("_base", "_stream")
+    __slots__ = ("_base", "_socket", "_stream")
 
     def __init__(self, base: httpcore.AsyncNetworkStream, stream: anyio.abc.ByteStream) -> None:
         self._base = base
         self._stream = stream
+        self._socket: socket.socket | None = None
 
     async def read(
         self,
@@ -339,7 +343,28 @@ class _Stream(httpcore.AsyncNetworkStream):
         return _faster(await self._base.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # Asked of each idle connection the pool hands out (has the server
+            # closed it?). The socket is looked up once, not on every request:
+            # anyio builds a table of all its attributes for each lookup.
+            if self._socket is None:
+                self._socket = self._base.get_extra_info("socket")
+            return _readable(self._socket)
         return self._base.get_extra_info(info)
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether recv() would return at once (data, or the end of a closed
+    connection), without reading: httpcore's own test (httpcore._utils)."""
+    fd = None if sock is None else sock.fileno()
+    if fd is None or fd < 0:
+        return True  # no socket any more: as good as closed
+    if sys.platform == "win32" or getattr(select, "poll", None) is None:
+        ready, _, _ = select.select([fd], [], [], 0)
+        return bool(ready)
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _faster(stream: httpcore.AsyncNetworkStream) -> httpcore.AsyncNetworkStream:
