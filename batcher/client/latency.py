@@ -14,6 +14,7 @@ a latency it has never observed. Pure bookkeeping: no I/O, no clock of its own.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from typing import Final
 
@@ -30,7 +31,8 @@ class AdaptiveTimeout:
             raise ValueError(f"need 0 < floor <= ceiling, not {floor} and {ceiling}")
         self._floor = floor
         self._ceiling = ceiling
-        self._recent: deque[float] = deque(maxlen=WINDOW)
+        self._recent: deque[float] = deque()  # oldest first, at most WINDOW
+        self._ordered: list[float] = []  # the same durations, sorted
         self._from_answers = floor
         self._stretched = 0.0  # after timeouts: at least this, until an answer is seen
         self.current = floor
@@ -45,8 +47,12 @@ class AdaptiveTimeout:
 
     def answered(self, seconds: float) -> None:
         """An answer came back after `seconds`."""
-        self._recent.append(seconds)
-        ordered = sorted(self._recent)
+        # Kept sorted as answers come and go, not sorted again for each answer.
+        recent, ordered = self._recent, self._ordered
+        if len(recent) == WINDOW:
+            del ordered[bisect.bisect_left(ordered, recent.popleft())]
+        recent.append(seconds)
+        bisect.insort(ordered, seconds)
         high = ordered[min(len(ordered) - 1, int(QUANTILE * len(ordered)))]
         self._from_answers = FACTOR * high
         self._stretched = 0.0

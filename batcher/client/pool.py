@@ -10,13 +10,17 @@ added (encode/httpx#3215). See batcher.client.magic_hour for the figures.
 from __future__ import annotations
 
 import contextlib
+import select
+import socket
 import ssl
+import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import httpcore
 import httpx
 
@@ -132,7 +136,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._ssl_context = httpx.create_ssl_context(verify=verify)
         # anyio's backend works under asyncio and trio; one instance for all
         # connections spares each its own async-library detection.
-        self._backend = httpcore.AnyIOBackend()
+        self._backend = _Backend()
         self._slots = anyio.Semaphore(max_connections, fast_acquire=True)
         self._idle: dict[_OriginKey, deque[tuple[float, httpcore.AsyncHTTPConnection]]] = {}
         self._idle_count = 0
@@ -185,7 +189,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                         network_backend=self._backend,
                     )
                 try:
-                    response = await connection.handle_async_request(core_request)
+                    response = await _established(connection).handle_async_request(core_request)
                 except httpcore.ConnectionNotAvailable:
                     # The connection closed between our check and its use, before
                     # anything was written: take another.
@@ -276,6 +280,126 @@ class PooledTransport(httpx.AsyncBaseTransport):
         for stack in stacks:
             for _, connection in stack:
                 await _close_quietly(connection)
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """httpcore's anyio stream (`base`), with its read and write done without
+    its two generator context managers and exception table per call: a create
+    makes three of them. The same timeouts, the same httpcore errors (read
+    timeouts as ReadTimeout, a broken or closed stream as ReadError...); all
+    else (TLS, socket details, closing) is the base stream's."""
+
+    __slots__ = ("_base", "_socket", "_stream")
+
+    def __init__(self, base: httpcore.AsyncNetworkStream, stream: anyio.abc.ByteStream) -> None:
+        self._base = base
+        self._stream = stream
+        self._socket: socket.socket | None = None
+
+    async def read(
+        self,
+        max_bytes: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's stream interface
+    ) -> bytes:
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                try:
+                    return await self._stream.receive(max_bytes)
+                except anyio.EndOfStream:
+                    return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
+            raise httpcore.ReadError(exc) from exc
+        # Only its deadline cancels this scope (as anyio.fail_after tells it).
+        if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            timeout_error = TimeoutError()
+            raise httpcore.ReadTimeout(timeout_error) from timeout_error
+        raise AssertionError("unreachable")  # pragma: no cover: the scope returned or raised
+
+    async def write(
+        self,
+        buffer: bytes,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's stream interface
+    ) -> None:
+        if not buffer:
+            return
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                await self._stream.send(buffer)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise httpcore.WriteError(exc) from exc
+        if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            timeout_error = TimeoutError()
+            raise httpcore.WriteTimeout(timeout_error) from timeout_error
+
+    async def aclose(self) -> None:
+        await self._base.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's stream interface
+    ) -> httpcore.AsyncNetworkStream:
+        return _faster(await self._base.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # Asked of each idle connection the pool hands out (has the server
+            # closed it?). The socket is looked up once, not on every request:
+            # anyio builds a table of all its attributes for each lookup.
+            if self._socket is None:
+                self._socket = self._base.get_extra_info("socket")
+            return _readable(self._socket)
+        return self._base.get_extra_info(info)
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether recv() would return at once (data, or the end of a closed
+    connection), without reading: httpcore's own test (httpcore._utils)."""
+    fd = None if sock is None else sock.fileno()
+    if fd is None or fd < 0:
+        return True  # no socket any more: as good as closed
+    if sys.platform == "win32" or getattr(select, "poll", None) is None:
+        ready, _, _ = select.select([fd], [], [], 0)
+        return bool(ready)
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
+
+
+def _faster(stream: httpcore.AsyncNetworkStream) -> httpcore.AsyncNetworkStream:
+    """`stream` as a _Stream, when it is httpcore's anyio stream as we know it."""
+    inner = getattr(stream, "_stream", None)
+    return _Stream(stream, inner) if isinstance(inner, anyio.abc.ByteStream) else stream
+
+
+class _Backend(httpcore.AnyIOBackend):
+    """httpcore's anyio backend (connecting, its errors), whose streams are _Streams."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _faster(
+            await super().connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+
+
+def _established(
+    connection: httpcore.AsyncHTTPConnection,
+) -> httpcore.AsyncHTTPConnection | httpcore.AsyncHTTP11Connection:
+    """Where a request on `connection` goes: once connected, straight to its
+    HTTP/1.1 connection. The wrapper would only take its connect lock again
+    (one more trip through the event loop per request) and hand the request on;
+    the pool already gives a connection to one request at a time. Before the
+    first request (or with an httpcore whose insides differ), the wrapper: it
+    connects."""
+    inner = getattr(connection, "_connection", None)
+    return inner if type(inner) is httpcore.AsyncHTTP11Connection else connection
 
 
 async def _close_quietly(connection: httpcore.AsyncHTTPConnection) -> None:

@@ -30,7 +30,8 @@ cut once per window). When the attempts run out, the last error is raised as
 it is: the caller decides what it means.
 
 Use `await create(call, paced=...)` and `await read(call, ...)`, where `call`
-makes one try (`lambda: client.get_project(id)`); the
+makes one try (`lambda: client.get_project(id)`), or make the first try
+yourself and hand its retryable failure to `create_again(exc, call, ...)`; the
 tenacity objects behind them are `create_retrying()` and `read_retrying()`.
 
 *Outages*: a paced caller does not spend a create's attempts on an API it
@@ -308,12 +309,22 @@ async def _call(
     except Exception as exc:
         if not predicate(exc):
             raise
-        first: Exception | None = exc
+        first = exc
+    return await _again(retrying, first, call)
+
+
+async def _again(
+    retrying: Callable[[], tenacity.AsyncRetrying],
+    first: Exception,
+    call: Callable[[], Awaitable[T]],
+) -> T:
+    """The retries after a first try that failed with `first` (a retryable error)."""
+    failed: Exception | None = first
     async for attempt in retrying():
         with attempt:
-            if first is not None:
-                failed, first = first, None
-                raise failed
+            if failed is not None:
+                exc, failed = failed, None
+                raise exc
             return await call()
     raise AssertionError("unreachable")  # pragma: no cover: reraise=True re-raises
 
@@ -326,6 +337,20 @@ async def create(
 ) -> T:
     """`await call()` under the create policy (see `create_retrying`); `call` makes one try."""
     return await _call(lambda: create_retrying(paced=paced, about=about), create_is_retryable, call)
+
+
+async def create_again(
+    first: Exception,
+    call: Callable[[], Awaitable[T]],
+    *,
+    paced: bool = False,
+    about: Mapping[str, object] | None = None,
+) -> T:
+    """`create()` for a caller that made the first try itself (no wrapper, no
+    closure on the hot path) and saw it fail with `first`, which
+    `create_is_retryable` must accept: the policy goes on from attempt 2,
+    exactly as `create()` would have."""
+    return await _again(lambda: create_retrying(paced=paced, about=about), first, call)
 
 
 async def read(

@@ -19,6 +19,9 @@ from batcher.errors import OutputError, OutputFolderError
 from batcher.folders import MANIFEST, slug
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# json.dumps(entry, ensure_ascii=False, separators=(",", ":")) without building
+# an encoder for every line.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 PROBE_PREFIX = ".batcher-probe-"
 DOWNLOAD_SUFFIX = ".download"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
@@ -102,7 +105,7 @@ class Manifest:
         if self._fd is None:
             self.open()
         assert self._fd is not None
-        line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        line = (_encode(entry) + "\n").encode()
         if self._cut_short:
             # The last line stopped mid-way (a full disk): end it, so that this one
             # stands on a line of its own and only the cut one fails to parse.

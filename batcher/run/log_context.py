@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from types import MappingProxyType
 
 # An immutable default: each `about` sets a new mapping, never changes one.
@@ -27,6 +27,18 @@ def about(**fields: object) -> Iterator[None]:
         yield
     finally:
         _FIELDS.reset(token)
+
+
+def about_key(key: str) -> Token[Mapping[str, object]]:
+    """`about(key=key)` without a context manager, for the create path: records
+    carry `key` until `reset(token)`."""
+    fields = _FIELDS.get()
+    return _FIELDS.set({**fields, "key": key} if fields else {"key": key})
+
+
+def reset(token: Token[Mapping[str, object]]) -> None:
+    """End what `about_key` began."""
+    _FIELDS.reset(token)
 
 
 def current() -> Mapping[str, object]:

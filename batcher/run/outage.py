@@ -68,7 +68,18 @@ class Outage:
         """Around one request: at once while the API is up; during an outage, one
         request at a time, as a probe, after a backoff. After giving up, at once
         (the caller sees the run halted, or fails fast and lets go)."""
-        probe = False
+        probe = await self.admit()
+        try:
+            yield
+        finally:
+            if probe:
+                self.probe_over()
+
+    async def admit(self) -> bool:
+        """`admitted()` without the context manager, for the create path: wait for
+        this request's turn; True when it goes as the probe, and then the caller
+        calls `probe_over()` once it is answered. A caller that sees the API up
+        (not `down`) need not call it at all: it would go at once."""
         while self._down_since is not None and not self._given_up:
             if self._probing:
                 await self._changed.wait()
@@ -78,15 +89,10 @@ class Outage:
             try:
                 await anyio.sleep(retry.probe_wait(self._probes))
             except BaseException:
-                self._probe_over()
+                self.probe_over()
                 raise
-            probe = True
-            break
-        try:
-            yield
-        finally:
-            if probe:
-                self._probe_over()
+            return True
+        return False
 
     def reachable(self) -> None:
         """The API answered (any status): the outage, if any, is over."""
@@ -125,7 +131,8 @@ class Outage:
             )
             self._notify()
 
-    def _probe_over(self) -> None:
+    def probe_over(self) -> None:
+        """The probe `admit()` let through was answered (or gave up)."""
         self._probing = False
         self._notify()
 

@@ -150,15 +150,25 @@ class Sender:
         """Create one item's project, retrying (by the policy) only what surely
         created nothing."""
         body = create_body(item.prompt, item.settings, item.project_name)
+        # As `with log_context.about(key=...)` around `retry.create(...)`, without
+        # a context manager, a closure and two coroutines more on every create:
+        # the first try goes straight, and only a retryable failure meets the policy.
+        context = log_context.about_key(item.key)
         try:
-            with log_context.about(key=item.key):
-                await retry.create(
-                    lambda: self._try(item, body), paced=True, about={"key": item.key}
+            try:
+                await self._try(item, body)
+            except Exception as exc:
+                if not retry.create_is_retryable(exc):
+                    raise
+                await retry.create_again(
+                    exc, lambda: self._try(item, body), paced=True, about={"key": item.key}
                 )
         except AuthError:
             raise
         except (ApiError, TransportError) as exc:
             await self._gave_up(item, exc)
+        finally:
+            log_context.reset(context)
 
     async def _try(self, item: ItemRecord, body: Mapping[str, Any]) -> None:
         """One try: return when the item's sending is settled for this run; raise
@@ -174,8 +184,10 @@ class Sender:
             # Intent, then a request slot, then the request: the slot covers only
             # the request (`--concurrency` counts requests in flight), and there
             # are more senders than slots, so commits overlap other requests.
-            # During an outage this waits: one request at a time probes the API.
-            async with self._outage.admitted():
+            # During an outage this waits: one request at a time probes the API
+            # (`Outage.admitted()`, unrolled: while the API is up, nothing to wait for).
+            probe = self._outage.down and await self._outage.admit()
+            try:
                 if self._state.halted():
                     self._gate_not_created()
                     outcome: object = _HALTED
@@ -185,6 +197,9 @@ class Sender:
                     outcome = await self._begin(item, reserve)
                     if outcome is _BEGUN:
                         outcome = await self._send_begun(item, body, reserve)
+            finally:
+                if probe:
+                    self._outage.probe_over()
             self._probe_done(item)
             if outcome is _SETTLED:
                 return

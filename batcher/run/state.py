@@ -34,7 +34,7 @@ from batcher.client.magic_hour import CreatedProject, ProjectStatus
 from batcher.errors import AuthError, LedgerLostError, OutputError
 from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
-from batcher.run.manifest_line import ImageFile, ManifestLine
+from batcher.run.manifest_line import ImageFile, ManifestLine, sent_line
 from batcher.run.notices import Notices
 from batcher.settings import API_KEY_ENV
 
@@ -114,7 +114,9 @@ class RunState:
         self._held = 0
         self._feeding = True
         self._done = anyio.Event()
-        self._settled = anyio.Event()
+        # Made when someone waits (or a halt sets it): a settle with nobody
+        # waiting, the common case, costs no event. None: a fresh, unset one.
+        self._settled: anyio.Event | None = None
 
     # ------------------------------------------------------------------ stopping
 
@@ -128,7 +130,7 @@ class RunState:
             self.stopped, self.stop_detail = reason, detail
             log.warning("sending stopped (%s)", reason, extra={"reason": reason, "detail": detail})
         self._halted = True
-        self._settled.set()  # a sender waiting for budget: stop waiting
+        self._settled_event().set()  # a sender waiting for budget: stop waiting
 
     def interrupt(self) -> None:
         """Stop now: the wiring cancels the parts (creates on the wire are recorded)."""
@@ -200,11 +202,17 @@ class RunState:
 
     def notify_settled(self) -> None:
         """A reservation or a render was settled: budget may have been freed."""
-        self._settled.set()
-        self._settled = anyio.Event()
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
     async def wait_settled(self) -> None:
-        await self._settled.wait()
+        await self._settled_event().wait()
+
+    def _settled_event(self) -> anyio.Event:
+        if self._settled is None:
+            self._settled = anyio.Event()
+        return self._settled
 
     # ------------------------------------------------------------------ manifest
 
@@ -237,14 +245,16 @@ class RunState:
         """One line for an item the API accepted, in the sent log beside the
         manifest: a ledger lost from here on is rebuilt from it (recover)."""
         if self._sent is not None:
-            line = ManifestLine.of_item(item, "submitted", project_id=project_id, charged=charged)
-            self.write_line(line, self._sent)
+            self._write(sent_line(item, project_id, charged), self._sent)
 
     def write_line(self, line: ManifestLine, to: Manifest | None = None) -> None:
         """Append `line` to the manifest (or `to`). A line that cannot be written is
         warned about once, never fatal: the ledger holds the same facts."""
+        self._write(line.as_json(), to or self._manifest)
+
+    def _write(self, entry: dict[str, Any], to: Manifest) -> None:
         try:
-            (to or self._manifest).write(line.as_json())
+            to.write(entry)
         except OutputError as exc:
             if not self._manifest_failed:
                 self._manifest_failed = True
