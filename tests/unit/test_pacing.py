@@ -64,6 +64,19 @@ def seen_pending_until(seconds: float) -> object:
     return lambda: seconds
 
 
+async def at_cap(
+    count: int, done_share: object, busy_floor: object = None
+) -> tuple[Clock, RenderGate]:
+    """A gate on a fake clock whose cap was just learned at `count` renders."""
+    clock = Clock()
+    gate = RenderGate(clock=clock)
+    await fill(gate, count, done_share, busy_floor)
+    await gate.acquire()
+    assert gate.throttled() is True
+    assert gate.cap == count
+    return clock, gate
+
+
 # --------------------------------------------------------------------------- the gate
 
 
@@ -129,11 +142,7 @@ def uniform(low: float, high: float) -> object:
 
 
 async def test_a_refusal_restarts_the_expectation_from_every_render_busy() -> None:
-    clock = Clock()
-    gate = RenderGate(clock=clock)
-    await fill(gate, 2, uniform(1.0, 3.0))
-    await gate.acquire()
-    assert gate.throttled() is True  # cap 2
+    clock, gate = await at_cap(2, uniform(1.0, 3.0))
     clock.now += 2.0  # each render half likely done: a place expected free
     assert gate.expected_free() == pytest.approx(1.0)
     await gate.acquire()
@@ -144,11 +153,7 @@ async def test_a_refusal_restarts_the_expectation_from_every_render_busy() -> No
 
 
 async def test_an_accepted_create_past_the_cap_proves_one_render_ended() -> None:
-    clock = Clock()
-    gate = RenderGate(clock=clock)
-    await fill(gate, 2, uniform(1.0, 3.0))
-    await gate.acquire()
-    gate.throttled()  # cap 2
+    clock, gate = await at_cap(2, uniform(1.0, 3.0))
     clock.now += 1.5
     first_free = gate.expected_free()
     await gate.acquire()
@@ -160,11 +165,7 @@ async def test_an_accepted_create_past_the_cap_proves_one_render_ended() -> None
 
 
 async def test_places_are_judged_where_a_create_will_arrive() -> None:
-    clock = Clock()
-    gate = RenderGate(clock=clock)
-    await fill(gate, 2, step_at(2.0))
-    await gate.acquire()
-    gate.throttled()  # cap 2
+    clock, gate = await at_cap(2, step_at(2.0))
     clock.now += 1.8
     assert gate.expected_free() == 0.0
     gate.set_lead(0.3)  # a create sent now reaches renders 2.1 s old
@@ -172,11 +173,7 @@ async def test_places_are_judged_where_a_create_will_arrive() -> None:
 
 
 async def test_a_create_in_flight_holds_only_its_chance_of_a_place() -> None:
-    clock = Clock()
-    gate = RenderGate(clock=clock)
-    await fill(gate, 2, uniform(1.0, 3.0))
-    await gate.acquire()
-    gate.throttled()  # cap 2
+    clock, gate = await at_cap(2, uniform(1.0, 3.0))
     clock.now += 1.5  # a quarter of each render likely done: half a place
     await gate.acquire()  # a probe, still on its way
     assert gate.expected_free() == pytest.approx(0.0)  # it holds the half it hoped for
@@ -190,11 +187,7 @@ async def test_a_create_in_flight_holds_only_its_chance_of_a_place() -> None:
 
 
 async def test_a_render_older_than_every_render_time_ends_soon_after() -> None:
-    clock = Clock()
-    gate = RenderGate(clock=clock)
-    await fill(gate, 1, step_at(2.0))
-    await gate.acquire()
-    gate.throttled()  # cap 1
+    clock, gate = await at_cap(1, step_at(2.0))
     clock.now += 2.5
     await gate.acquire()
     assert gate.throttled() is True  # still busy past its learned time
