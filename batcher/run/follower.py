@@ -233,12 +233,10 @@ class Follower:
         item: ItemRecord,
         project_id: str,
         charged: int | None,
-        accepted: Accepted | None = None,
+        accepted: Accepted,
     ) -> None:
-        """A create of this run was accepted (`accepted()`, or now) and recorded:
-        follow its render."""
-        if accepted is None:
-            accepted = self.accepted(item)
+        """A create of this run was accepted (`accepted()`) and recorded: follow
+        its render."""
         self._counters.rendering += 1
         submitted = dataclasses.replace(
             item, state="submitted", project_id=project_id, attempts=item.attempts + 1

@@ -130,32 +130,6 @@ class ManifestLine:
         }
 
 
-def sent_line(item: ItemRecord, project_id: str, charged: int | None) -> dict[str, Any]:
-    """The sent log's line for a create the API accepted: the JSON of
-    `ManifestLine.of_item(item, "submitted", project_id=..., charged=...)`, built
-    straight, as every create writes one."""
-    settings = item.settings
-    return {
-        "key": item.key,
-        "prompt": item.prompt,
-        "model": settings.model,
-        "resolution": settings.resolution,
-        "aspect_ratio": settings.aspect_ratio,
-        "tool": settings.tool,
-        "image_count": settings.image_count,
-        "vars": {name: str(value) for name, value in item.vars.items()},
-        "project_id": project_id,
-        "state": "submitted",
-        "credits_charged": charged,
-        "credits_refunded": 0,
-        "finished_at": utcnow().isoformat(),
-        "files": [],
-        "error": None,
-        "project_name": item.project_name,
-        "ordinal": item.ordinal,
-    }
-
-
 def item_vars(item: ItemRecord) -> Mapping[str, str]:
     """The item's variable values and matrix settings (from the ledger's
     `items.vars`), as text: the manifest and the PNG chunk hold strings."""

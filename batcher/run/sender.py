@@ -341,7 +341,7 @@ class Sender:
         self._counters.credits_charged += created.credits_charged or 0
         # Paid for: a ledger lost from here on is rebuilt from this line (recover).
         self._state.write_sent(item, created.project_id, created.credits_charged)
-        if not self._wait:
+        if accepted is None:  # --no-wait: the render is not followed
             self._state.settle()
             return
         self._follower.follow(item, created.project_id, created.credits_charged, accepted)

@@ -34,7 +34,7 @@ from batcher.client.magic_hour import CreatedProject, ProjectStatus
 from batcher.errors import AuthError, LedgerLostError, OutputError
 from batcher.ledger import ItemRecord, LedgerWriter, ReleaseClaims
 from batcher.run.files import Manifest
-from batcher.run.manifest_line import ImageFile, ManifestLine, sent_line
+from batcher.run.manifest_line import ImageFile, ManifestLine
 from batcher.run.notices import Notices
 from batcher.settings import API_KEY_ENV
 
@@ -245,12 +245,13 @@ class RunState:
         """One line for an item the API accepted, in the sent log beside the
         manifest: a ledger lost from here on is rebuilt from it (recover)."""
         if self._sent is not None:
-            self._write(sent_line(item, project_id, charged), self._sent)
+            line = ManifestLine.of_item(item, "submitted", project_id=project_id, charged=charged)
+            self._write(line.as_json(), self._sent)
 
-    def write_line(self, line: ManifestLine, to: Manifest | None = None) -> None:
-        """Append `line` to the manifest (or `to`). A line that cannot be written is
-        warned about once, never fatal: the ledger holds the same facts."""
-        self._write(line.as_json(), to or self._manifest)
+    def write_line(self, line: ManifestLine) -> None:
+        """Append `line` to the manifest. A line that cannot be written is warned
+        about once, never fatal: the ledger holds the same facts."""
+        self._write(line.as_json(), self._manifest)
 
     def _write(self, entry: dict[str, Any], to: Manifest) -> None:
         try:

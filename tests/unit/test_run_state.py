@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -16,7 +14,7 @@ from batcher.errors import AuthError
 from batcher.jobfile.items import ItemSettings
 from batcher.ledger import ItemRecord, Ledger, LedgerWriter
 from batcher.run.files import Manifest
-from batcher.run.manifest_line import ImageFile, ManifestLine, sent_line
+from batcher.run.manifest_line import ImageFile
 from batcher.run.state import STOP_AUTH, STOP_BUDGET, STOP_INTERRUPTED, RunState
 
 pytestmark = pytest.mark.anyio
@@ -182,18 +180,3 @@ async def test_a_manifest_that_cannot_be_written_is_warned_about_once(
     [record] = caplog.records
     assert "No space left on device" in record.getMessage()
     assert record.__dict__["event"] == "manifest.failed"
-
-
-@pytest.mark.parametrize(("vars_", "charged"), [({}, 5), ({"colour": 3, "mood": "calm"}, None)])
-def test_the_sent_line_is_the_submitted_manifest_line(
-    vars_: dict[str, object], charged: int | None
-) -> None:
-    """The sent log's line, built straight for speed, is the manifest line of a
-    `submitted` item (recover reads both alike)."""
-    sent = dataclasses.replace(item(), vars=vars_)
-    built = sent_line(sent, "proj-1", charged)
-    expected = ManifestLine.of_item(sent, "submitted", project_id="proj-1", charged=charged)
-    assert list(built) == list(expected.as_json()), "the same keys in the same order"
-    assert datetime.fromisoformat(built["finished_at"]).tzinfo is not None
-    built["finished_at"] = expected.as_json()["finished_at"]
-    assert built == expected.as_json()
