@@ -284,7 +284,7 @@ class RenderGate:
     gate expects them from the render times learned. A render-cap 429 says
     every counted render was still busy then, so the expectation starts again
     from there (each render's chance of having ended since); an accepted create
-    past the cap says one had ended. A create goes when half a place is
+    past the cap says one had ended. A create goes when ROOM of a place is
     expected free where it will arrive, at the moment that is foreseen rather
     than at the next of a fixed tick. Once per `cap` accepted creates one more
     is tried beyond the cap, so a cap that was set too low (or a limit that
@@ -385,7 +385,7 @@ class RenderGate:
         return probe or self.expected_free() >= ROOM
 
     def _room_in(self) -> float | None:
-        """Seconds until half a place is expected free, if that comes within
+        """Seconds until ROOM of a place is expected free, if that comes within
         LOOK_AGAIN_S as time passes alone; None if it does not."""
         now = self._clock()
         if self.expected_free(now + LOOK_AGAIN_S) < ROOM:
